@@ -1,0 +1,35 @@
+#pragma once
+// FSMN memory block: shared argument checking for the CPU and CUDA implementations.
+#include "common.h"
+
+namespace paraformer_ext {
+
+struct FsmnShape {
+  int64_t B, T, D, K, left;
+};
+
+inline FsmnShape check_fsmn_args(const at::Tensor& x, const at::Tensor& weight, int64_t left, const char* op) {
+  TORCH_CHECK(x.dim() == 3, op, ": x must be (B, T, D), got shape ", x.sizes());
+  TORCH_CHECK(weight.dim() == 2, op, ": weight must be (D, K) (a Conv1d depthwise weight (D, 1, K) squeezed), got ",
+              weight.sizes());
+  check_float_tensor(x, op, "x");
+  TORCH_CHECK(weight.scalar_type() == x.scalar_type(), op, ": weight dtype ", weight.scalar_type(),
+              " differs from x dtype ", x.scalar_type(), "; cast the weight with .to(x.dtype)");
+  check_same_device(weight, x, op, "weight", "x");
+  FsmnShape s{x.size(0), x.size(1), x.size(2), weight.size(1), left};
+  TORCH_CHECK(weight.size(0) == s.D, op, ": weight has ", weight.size(0), " channels but x has D = ", s.D);
+  TORCH_CHECK(s.K >= 1, op, ": kernel size must be >= 1, got ", s.K);
+  TORCH_CHECK(left >= 0 && left < s.K, op, ": left must be in [0, K-1] = [0, ", s.K - 1, "], got ", left);
+  return s;
+}
+
+inline void check_residual(const c10::optional<at::Tensor>& residual, const at::Tensor& x, const char* op) {
+  if (!residual.has_value()) return;
+  TORCH_CHECK(residual->sizes() == x.sizes(), op, ": residual must have x's shape ", x.sizes(), ", got ",
+              residual->sizes());
+  TORCH_CHECK(residual->scalar_type() == x.scalar_type(), op, ": residual dtype ", residual->scalar_type(),
+              " differs from x dtype ", x.scalar_type());
+  check_same_device(*residual, x, op, "residual", "x");
+}
+
+}  // namespace paraformer_ext

@@ -1,0 +1,228 @@
+// FSMN memory block on CUDA. The op is memory bound (K multiply-adds per element read), so each block
+// stages a (tile_t + K - 1) x 128-channel slab of the masked input in shared memory once, and every output
+// reads its K taps from there: global traffic is one read of x (plus a (K-1)/tile_t halo), one optional read
+// of the residual and one write.
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include "cuda_utils.cuh"
+#include "fsmn.h"
+
+namespace paraformer_ext {
+namespace {
+
+constexpr int kChannelsPerBlock = 128;
+constexpr int kThreadsPerBlock = 256;
+constexpr int kSmemBudget = 48 * 1024;
+
+template <typename scalar_t, int VEC>
+__global__ void fsmn_forward_tiled(const scalar_t* __restrict__ x, const scalar_t* __restrict__ wt,
+                                   const int64_t* __restrict__ lengths, const scalar_t* __restrict__ residual,
+                                   scalar_t* __restrict__ out, int64_t T, int64_t D, int K, int left, int tile_t) {
+  using acc_t = at::opmath_type<scalar_t>;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  acc_t* tile = reinterpret_cast<acc_t*>(smem_raw);
+  const int64_t b = blockIdx.z;
+  const int64_t t0 = static_cast<int64_t>(blockIdx.y) * tile_t;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kChannelsPerBlock + threadIdx.x * VEC;
+  const int64_t len = clamp_len(lengths, b, T);
+  const int rows = tile_t + K - 1;
+  const int lane_off = threadIdx.x * VEC;
+
+  for (int r = threadIdx.y; r < rows; r += blockDim.y) {
+    const int64_t t = t0 - left + r;
+    acc_t v[VEC];
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) v[i] = acc_t(0);
+    if (t >= 0 && t < len && c < D) {
+      scalar_t raw[VEC];
+      load_vec<scalar_t, VEC>(x + (b * T + t) * D + c, raw);
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) v[i] = static_cast<acc_t>(raw[i]);
+    }
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) tile[r * kChannelsPerBlock + lane_off + i] = v[i];
+  }
+  __syncthreads();
+  if (c >= D) return;
+
+  for (int r = threadIdx.y; r < tile_t; r += blockDim.y) {
+    const int64_t t = t0 + r;
+    if (t >= T) break;
+    acc_t acc[VEC];
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) acc[i] = acc_t(0);
+    if (t < len) {
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) acc[i] = tile[(r + left) * kChannelsPerBlock + lane_off + i];
+      for (int j = 0; j < K; ++j) {
+        scalar_t wraw[VEC];
+        load_vec<scalar_t, VEC>(wt + static_cast<int64_t>(j) * D + c, wraw);
+        const acc_t* row = tile + (r + j) * kChannelsPerBlock + lane_off;
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) acc[i] += static_cast<acc_t>(wraw[i]) * row[i];
+      }
+    }
+    if (residual != nullptr) {
+      scalar_t rraw[VEC];
+      load_vec<scalar_t, VEC>(residual + (b * T + t) * D + c, rraw);
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) acc[i] += static_cast<acc_t>(rraw[i]);
+    }
+    scalar_t o[VEC];
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) o[i] = static_cast<scalar_t>(acc[i]);
+    store_vec<scalar_t, VEC>(out + (b * T + t) * D + c, o);
+  }
+}
+
+// Any K, any alignment: one thread per output element, taps read through the L1 cache.
+template <typename scalar_t>
+__global__ void fsmn_forward_direct(const scalar_t* __restrict__ x, const scalar_t* __restrict__ wt,
+                                    const int64_t* __restrict__ lengths, const scalar_t* __restrict__ residual,
+                                    scalar_t* __restrict__ out, int64_t B, int64_t T, int64_t D, int K, int left) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t n = B * T * D;
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < n;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t d = idx % D, bt = idx / D, t = bt % T, b = bt / T;
+    const int64_t len = clamp_len(lengths, b, T);
+    acc_t acc = acc_t(0);
+    if (t < len) {
+      acc = static_cast<acc_t>(x[idx]);
+      for (int j = 0; j < K; ++j) {
+        const int64_t s = t + j - left;
+        if (s >= 0 && s < len) acc += static_cast<acc_t>(wt[j * D + d]) * static_cast<acc_t>(x[(b * T + s) * D + d]);
+      }
+    }
+    if (residual != nullptr) acc += static_cast<acc_t>(residual[idx]);
+    out[idx] = static_cast<scalar_t>(acc);
+  }
+}
+
+// grad_weight[d, j] = sum_{b, t < len} g[b,t,d] * x[b, t+j-left, d] (source frame inside [0, len)).
+// Block: 32 channels x 8 tap lanes over one (b, t-tile); partial sums go to gw with one atomic per (d, j).
+template <typename scalar_t>
+__global__ void fsmn_weight_grad_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ x,
+                                        const int64_t* __restrict__ lengths, at::opmath_type<scalar_t>* __restrict__ gw,
+                                        int64_t T, int64_t D, int K, int left, int tile_t) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t b = blockIdx.z;
+  const int64_t t0 = static_cast<int64_t>(blockIdx.y) * tile_t;
+  const int64_t d = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (d >= D) return;
+  const int64_t len = clamp_len(lengths, b, T);
+  const int64_t t_end = t0 + tile_t < len ? t0 + tile_t : len;
+  for (int j = threadIdx.y; j < K; j += blockDim.y) {
+    acc_t acc = acc_t(0);
+    for (int64_t t = t0; t < t_end; ++t) {
+      const int64_t s = t + j - left;
+      if (s >= 0 && s < len)
+        acc += static_cast<acc_t>(g[(b * T + t) * D + d]) * static_cast<acc_t>(x[(b * T + s) * D + d]);
+    }
+    if (t0 < t_end) atomicAdd(gw + d * K + j, acc);
+  }
+}
+
+template <typename scalar_t, int VEC>
+bool try_launch_tiled(const at::Tensor& x, const at::Tensor& wt, const int64_t* lp, const at::Tensor& residual,
+                      at::Tensor& out, const FsmnShape& s, cudaStream_t stream) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int row_bytes = kChannelsPerBlock * sizeof(acc_t);
+  const int rows_max = kSmemBudget / row_bytes;
+  const int lanes = kChannelsPerBlock / VEC;
+  const int block_rows = kThreadsPerBlock / lanes;
+  int tile_t = ((rows_max - static_cast<int>(s.K - 1)) / block_rows) * block_rows;
+  if (tile_t < block_rows) return false;  // kernel too wide for the shared-memory slab
+  if (s.D % VEC != 0) return false;
+  const int64_t bytes = sizeof(scalar_t) * VEC;
+  if (!is_aligned(x.data_ptr(), bytes) || !is_aligned(out.data_ptr(), bytes) || !is_aligned(wt.data_ptr(), bytes) ||
+      (residual.defined() && !is_aligned(residual.data_ptr(), bytes)))
+    return false;
+  if (tile_t > s.T) tile_t = static_cast<int>(((s.T + block_rows - 1) / block_rows) * block_rows);
+  const int64_t t_tiles = (s.T + tile_t - 1) / tile_t;
+  TORCH_CHECK(t_tiles <= 65535 && s.B <= 65535, "paraformer_ext.fsmn_memory: T = ", s.T, ", B = ", s.B,
+              " exceed the CUDA grid; split the batch");
+  const dim3 grid((s.D + kChannelsPerBlock - 1) / kChannelsPerBlock, t_tiles, s.B);
+  const dim3 block(lanes, block_rows);
+  const size_t smem = static_cast<size_t>(tile_t + s.K - 1) * row_bytes;
+  fsmn_forward_tiled<scalar_t, VEC><<<grid, block, smem, stream>>>(
+      x.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(), lp, residual.defined() ? residual.data_ptr<scalar_t>() : nullptr,
+      out.data_ptr<scalar_t>(), s.T, s.D, static_cast<int>(s.K), static_cast<int>(s.left), tile_t);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return true;
+}
+
+at::Tensor fsmn_memory_cuda(const at::Tensor& x_in, const at::Tensor& weight, const c10::optional<at::Tensor>& lengths,
+                            int64_t left, const c10::optional<at::Tensor>& residual_in) {
+  const char* op = "paraformer_ext.fsmn_memory";
+  const FsmnShape s = check_fsmn_args(x_in, weight, left, op);
+  check_residual(residual_in, x_in, op);
+  const at::cuda::OptionalCUDAGuard guard(x_in.device());
+  // Lengths are clamped to [0, T] in the kernel: validating them here would cost a device sync per call.
+  const at::Tensor len = checked_lengths(lengths, x_in, s.B, op);
+  const at::Tensor x = x_in.contiguous();
+  const at::Tensor wt = weight.t().contiguous();  // (K, D): taps are contiguous over channels
+  at::Tensor residual;
+  if (residual_in.has_value()) residual = residual_in->contiguous();
+  at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
+  if (x.numel() == 0) return out;
+  const int64_t* lp = len.defined() ? len.data_ptr<int64_t>() : nullptr;
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fsmn_memory_cuda", [&] {
+    constexpr int VEC = 16 / sizeof(scalar_t);
+    if (try_launch_tiled<scalar_t, VEC>(x, wt, lp, residual, out, s, stream)) return;
+    if (try_launch_tiled<scalar_t, 1>(x, wt, lp, residual, out, s, stream)) return;
+    const int64_t n = x.numel();
+    const int threads = 256;
+    const int64_t blocks = std::min<int64_t>((n + threads - 1) / threads, 65535LL * 8);
+    fsmn_forward_direct<scalar_t><<<blocks, threads, 0, stream>>>(
+        x.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(), lp,
+        residual.defined() ? residual.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(), s.B, s.T, s.D,
+        static_cast<int>(s.K), static_cast<int>(s.left));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+at::Tensor fsmn_memory_weight_grad_cuda(const at::Tensor& grad_in, const at::Tensor& x_in,
+                                        const c10::optional<at::Tensor>& lengths, int64_t left, int64_t kernel_size) {
+  const char* op = "paraformer_ext.fsmn_memory_weight_grad";
+  TORCH_CHECK(grad_in.sizes() == x_in.sizes(), op, ": grad_out ", grad_in.sizes(), " and x ", x_in.sizes(),
+              " must have the same shape");
+  TORCH_CHECK(grad_in.scalar_type() == x_in.scalar_type(), op, ": grad_out and x must have the same dtype");
+  TORCH_CHECK(x_in.dim() == 3, op, ": x must be (B, T, D), got ", x_in.sizes());
+  check_float_tensor(x_in, op, "x");
+  check_same_device(grad_in, x_in, op, "grad_out", "x");
+  TORCH_CHECK(kernel_size >= 1 && left >= 0 && left < kernel_size, op, ": need 0 <= left < kernel_size, got left=",
+              left, " kernel_size=", kernel_size);
+  const at::cuda::OptionalCUDAGuard guard(x_in.device());
+  const FsmnShape s{x_in.size(0), x_in.size(1), x_in.size(2), kernel_size, left};
+  const at::Tensor len = checked_lengths(lengths, x_in, s.B, op);
+  const at::Tensor g = grad_in.contiguous(), x = x_in.contiguous();
+  const auto acc_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor gw = at::zeros({s.D, s.K}, x.options().dtype(acc_dtype));
+  if (x.numel() == 0) return gw.to(x.scalar_type());
+  const int tile_t = 64;
+  const int64_t t_tiles = (s.T + tile_t - 1) / tile_t;
+  TORCH_CHECK(t_tiles <= 65535 && s.B <= 65535, op, ": T = ", s.T, ", B = ", s.B, " exceed the CUDA grid");
+  const dim3 block(32, 8);
+  const dim3 grid((s.D + 31) / 32, t_tiles, s.B);
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fsmn_memory_weight_grad_cuda", [&] {
+    fsmn_weight_grad_kernel<scalar_t><<<grid, block, 0, stream>>>(
+        g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), len.defined() ? len.data_ptr<int64_t>() : nullptr,
+        gw.data_ptr<at::opmath_type<scalar_t>>(), s.T, s.D, static_cast<int>(s.K), static_cast<int>(s.left), tile_t);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return gw.to(x.scalar_type());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(paraformer_ext, CUDA, m) {
+  m.impl("fsmn_memory", &fsmn_memory_cuda);
+  m.impl("fsmn_memory_weight_grad", &fsmn_memory_weight_grad_cuda);
+}
+
+}  // namespace paraformer_ext

@@ -1,0 +1,20 @@
+"""paraformer_ext: FunASR-exact Paraformer speech recognition with C++/CUDA kernels.
+
+    import paraformer_ext
+    asr = paraformer_ext.load("path/to/funasr/model_dir", device="cpu")
+    for r in asr.transcribe(["a.wav", "b.wav"], timestamps=True):
+        print(r["key"], r["text"], r["timestamp"])
+"""
+from ._ext import build_info, has_cuda_kernels, has_kernels
+from .ops.fsmn import fsmn_memory, fsmn_memory_fn, fsmn_memory_ref
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "build_info",
+    "has_kernels",
+    "has_cuda_kernels",
+    "fsmn_memory",
+    "fsmn_memory_fn",
+    "fsmn_memory_ref",
+]

@@ -1,0 +1,139 @@
+"""FSMN memory block (spec paraformer.md §4.5), used by the SAN-M encoder, the decoder and the FSMN-VAD.
+
+For u (B, T, D), weight W (D, K) and the valid-frame mask m (from lengths):
+
+    ũ = u ⊙ m
+    y[t] = ũ[t] + Σ_{j<K} W[:, j] ⊙ ũ[t + j − left]      (zero outside [0, T))
+    out = y ⊙ m (+ residual)
+
+`left` taps look back and K−1−left look ahead: FunASR's SAN-M uses left = (K−1)//2 + max(sanm_shfit, 0)
+(`fsmn_left`), its VAD left = K−1 (strictly causal). The optional `residual` is added after the mask, as
+the encoder adds the FSMN memory to the attention output; fusing it saves one pass over memory.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .._ext import has_kernels, kernels_available_for
+
+
+def fsmn_left(kernel_size: int, sanm_shfit: int = 0) -> int:
+    """FunASR's left padding of the FSMN convolution (attention.py: pad_fn)."""
+    return (kernel_size - 1) // 2 + (sanm_shfit if sanm_shfit > 0 else 0)
+
+
+def _weight_2d(weight: torch.Tensor) -> torch.Tensor:
+    if weight.dim() == 3:  # Conv1d depthwise layout (D, 1, K)
+        if weight.size(1) != 1:
+            raise ValueError(f"fsmn weight must be (D, K) or (D, 1, K), got {tuple(weight.shape)}")
+        weight = weight[:, 0, :]
+    if weight.dim() != 2:
+        raise ValueError(f"fsmn weight must be (D, K) or (D, 1, K), got {tuple(weight.shape)}")
+    return weight
+
+
+def length_mask(lengths: torch.Tensor | None, T: int, B: int, device, dtype=torch.bool) -> torch.Tensor | None:
+    """(B, T) mask of valid frames, or None when every frame is valid."""
+    if lengths is None:
+        return None
+    ar = torch.arange(T, device=device)
+    return (ar[None, :] < lengths.to(device)[:, None]).to(dtype)
+
+
+def fsmn_memory_ref(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    lengths: torch.Tensor | None = None,
+    left: int | None = None,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Plain PyTorch FSMN memory, computed as FunASR does (mask, pad, depthwise conv1d, add, mask).
+
+    x: (B, T, D); weight: (D, K) or (D, 1, K); lengths: (B,) int or None; left: default (K−1)//2;
+    residual: (B, T, D) or None. Returns (B, T, D) in x's dtype.
+    """
+    w = _weight_2d(weight)
+    B, T, D = x.shape
+    K = w.size(1)
+    left = (K - 1) // 2 if left is None else left
+    if not 0 <= left < K:
+        raise ValueError(f"left must be in [0, {K - 1}], got {left}")
+    m = length_mask(lengths, T, B, x.device, x.dtype)
+    xm = x if m is None else x * m[:, :, None]
+    y = F.conv1d(F.pad(xm.transpose(1, 2), (left, K - 1 - left)), w[:, None, :], groups=D).transpose(1, 2)
+    y = y + xm
+    if m is not None:
+        y = y * m[:, :, None]
+    if residual is not None:
+        y = residual + y
+    return y
+
+
+# --- the compiled op: fake impl and autograd -----------------------------------------------------------------
+
+if has_kernels():
+
+    @torch.library.register_fake("paraformer_ext::fsmn_memory")
+    def _fsmn_memory_fake(x, weight, lengths, left, residual):
+        torch._check(x.dim() == 3, lambda: "x must be (B, T, D)")
+        torch._check(weight.dim() == 2, lambda: "weight must be (D, K)")
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("paraformer_ext::fsmn_memory_weight_grad")
+    def _fsmn_weight_grad_fake(grad_out, x, lengths, left, kernel_size):
+        return x.new_empty((x.shape[2], kernel_size))
+
+    def _fsmn_setup_context(ctx, inputs, output):
+        x, weight, lengths, left, residual = inputs
+        ctx.save_for_backward(x, weight, lengths)
+        ctx.left = left
+        ctx.has_residual = residual is not None
+
+    def _fsmn_backward(ctx, grad_out):
+        x, weight, lengths = ctx.saved_tensors
+        K = weight.size(1)
+        grad_x = grad_w = grad_res = None
+        grad_out = grad_out.contiguous()
+        if ctx.needs_input_grad[0]:
+            # The transpose of a masked correlation is the masked correlation with the flipped kernel.
+            grad_x = torch.ops.paraformer_ext.fsmn_memory(grad_out, weight.flip(1), lengths, K - 1 - ctx.left, None)
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.ops.paraformer_ext.fsmn_memory_weight_grad(grad_out, x, lengths, ctx.left, K)
+        if ctx.has_residual and ctx.needs_input_grad[4]:
+            grad_res = grad_out
+        return grad_x, grad_w, None, None, grad_res
+
+    torch.library.register_autograd(
+        "paraformer_ext::fsmn_memory", _fsmn_backward, setup_context=_fsmn_setup_context
+    )
+
+
+def fsmn_memory_fn(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    lengths: torch.Tensor | None = None,
+    left: int | None = None,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The compiled FSMN memory op; same signature and result as `fsmn_memory_ref`."""
+    w = _weight_2d(weight)
+    left = (w.size(1) - 1) // 2 if left is None else left
+    if lengths is not None and lengths.dtype != torch.int64 and not lengths.is_floating_point():
+        lengths = lengths.to(torch.int64)  # float lengths are rejected by the op with a clear message
+    return torch.ops.paraformer_ext.fsmn_memory(x, w, lengths, left, residual)
+
+
+def fsmn_memory(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    lengths: torch.Tensor | None = None,
+    left: int | None = None,
+    residual: torch.Tensor | None = None,
+    *,
+    kernels: bool = True,
+) -> torch.Tensor:
+    """FSMN memory block: the compiled op when built for x's device and `kernels`, else the reference."""
+    if kernels and kernels_available_for(x.device):
+        return fsmn_memory_fn(x, weight, lengths, left, residual)
+    return fsmn_memory_ref(x, weight, lengths, left, residual)

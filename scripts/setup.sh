@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# One-time set-up on a fresh machine: a virtual environment in .venv with torch 2.13.0 (CPU), the build
+# tools, and paraformer_ext built from this checkout against that torch (editable, so edits to the Python
+# code need no reinstall; C++/CUDA edits need `scripts/setup.sh` again). Safe to re-run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+# torch pinned: an unpinned torch would pull a multi-GB CUDA build. Override with TORCH_SPEC if you have a
+# CUDA machine (e.g. TORCH_SPEC="torch==2.11.0").
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}" numpy pyyaml soundfile tqdm \
+  "scikit-build-core>=0.10" "pybind11>=2.12" ninja pytest pytest-benchmark
+.venv/bin/python -m pip install -q --no-build-isolation -e . 
+.venv/bin/python -c "import paraformer_ext as p; print('paraformer_ext', p.__version__, p.build_info())"

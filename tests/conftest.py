@@ -1,0 +1,71 @@
+"""Shared fixtures: where the golden data lives, golden checkpoints built on demand, devices to test on."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_dir() -> Path | None:
+    """The project's shared ground truth: $PARAFORMER_EXT_SHARED, else ../shared beside the repository."""
+    env = os.environ.get("PARAFORMER_EXT_SHARED")
+    for cand in ([Path(env)] if env else []) + [REPO.parent / "shared", REPO / "shared"]:
+        if (cand / "golden").is_dir():
+            return cand
+    return None
+
+
+SHARED = shared_dir()
+needs_shared = pytest.mark.skipif(SHARED is None, reason="../shared (golden data) not found; set PARAFORMER_EXT_SHARED")
+
+
+def cache_dir() -> Path:
+    d = Path(os.environ.get("PARAFORMER_EXT_CACHE", REPO / ".cache"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def golden_checkpoint(preset: str) -> Path:
+    """Build (once) the random-weight FunASR checkpoint of a golden preset with the golden script."""
+    if SHARED is None:
+        pytest.skip("golden data not found")
+    out = cache_dir() / "golden_ckpt" / preset
+    if not (out / "model.pt").exists() or not (out / ".verified").exists():
+        out.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [sys.executable, str(SHARED / "golden" / "make_checkpoint.py"), "--preset", preset, str(out), "--verify"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        (out / ".verified").write_text("ok\n")
+    return out
+
+
+def cuda_ok() -> bool:
+    from paraformer_ext import has_cuda_kernels
+
+    return torch.cuda.is_available() and has_cuda_kernels()
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    if request.param == "cuda" and not cuda_ok():
+        pytest.skip("CUDA kernels not built")
+    return torch.device(request.param)
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    # Parity needs true float32 matmuls on GPU (golden README: TF32 moves log-probs by more than 1e-4).
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    yield
