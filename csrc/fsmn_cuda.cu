@@ -168,7 +168,7 @@ at::Tensor fsmn_memory_cuda(const at::Tensor& x_in, const at::Tensor& weight, co
   at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
   if (x.numel() == 0) return out;
   const int64_t* lp = len.defined() ? len.data_ptr<int64_t>() : nullptr;
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fsmn_memory_cuda", [&] {
     constexpr int VEC = 16 / sizeof(scalar_t);
     if (try_launch_tiled<scalar_t, VEC>(x, wt, lp, residual, out, s, stream)) return;
@@ -208,7 +208,7 @@ at::Tensor fsmn_memory_weight_grad_cuda(const at::Tensor& grad_in, const at::Ten
   TORCH_CHECK(t_tiles <= 65535 && s.B <= 65535, op, ": T = ", s.T, ", B = ", s.B, " exceed the CUDA grid");
   const dim3 block(32, 8);
   const dim3 grid((s.D + 31) / 32, t_tiles, s.B);
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fsmn_memory_weight_grad_cuda", [&] {
     fsmn_weight_grad_kernel<scalar_t><<<grid, block, 0, stream>>>(
         g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), len.defined() ? len.data_ptr<int64_t>() : nullptr,
