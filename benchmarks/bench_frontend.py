@@ -51,9 +51,19 @@ def _report(benchmark, label):
           f"({torch.get_num_threads()} threads)")
 
 
+@pytest.fixture(params=[1, 0], ids=["1thread", "all-threads"])
+def threads(request):
+    """CPU threads for the timed call (0 = torch's default); on a shared machine one thread is the stable number."""
+    before = torch.get_num_threads()
+    if request.param:
+        torch.set_num_threads(request.param)
+    yield torch.get_num_threads()
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA device"))])
-def test_wav_frontend_throughput(benchmark, device):
+def test_wav_frontend_throughput(benchmark, device, threads):
     cfg, cmvn = _cfg_cmvn()
     x = _audio_batch().to(device)
     lens = torch.full((B,), x.size(1), dtype=torch.int64)
@@ -70,7 +80,7 @@ def test_wav_frontend_throughput(benchmark, device):
     _report(benchmark, f"WavFrontend on {device}")
 
 
-def test_fbank_only_throughput_cpu(benchmark):
+def test_fbank_only_throughput_cpu(benchmark, threads):
     cfg, _ = _cfg_cmvn()
     x = _audio_batch()
     fb, n = benchmark(kaldi_fbank, x, None, cfg)
@@ -78,7 +88,7 @@ def test_fbank_only_throughput_cpu(benchmark):
     _report(benchmark, "kaldi_fbank on cpu")
 
 
-def test_lfr_only_throughput_cpu(benchmark):
+def test_lfr_only_throughput_cpu(benchmark, threads):
     fb = torch.randn(B, 998, 80)
     lens = torch.full((B,), 998)
     out, _ = benchmark(apply_lfr, fb, lens, 7, 6)

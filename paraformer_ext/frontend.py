@@ -288,8 +288,10 @@ def _mel_banks_cpu(fs: int, P: int, n_mels: int) -> tuple[torch.Tensor, torch.Te
 
 @functools.lru_cache(maxsize=64)
 def _consts(kind: str, W: int, fs: int, P: int, n_mels: int, device: torch.device):
+    """Window (W,), and the mel triangles flattened k-major: bin indices (K·n_mels,), weights (K·n_mels, 1)."""
     idx, wts = _mel_banks_cpu(fs, P, n_mels)
-    return _window_cpu(kind, W).to(device), idx.to(device), wts.to(device)
+    return (_window_cpu(kind, W).to(device), idx.t().reshape(-1).to(device),
+            wts.t().reshape(-1, 1).contiguous().to(device))
 
 
 def _num_frames(L: int, W: int, S: int, snip_edges: bool) -> int:
@@ -363,9 +365,10 @@ def _fbank_group(wave, lens, W, S, cfg, dither, generator, out, rows):
         del spec
         # each triangle summed bin by bin, left to right (as kaldi-native-fbank does): a frame's value never
         # depends on the other rows, unlike a GEMM whose blocking changes with the number of rows
-        mel = power.index_select(0, mel_idx[:, 0]).mul_(mel_w[:, :1])
-        for k in range(1, mel_idx.size(1)):
-            mel.add_(power.index_select(0, mel_idx[:, k]).mul_(mel_w[:, k : k + 1]))
+        terms = power.index_select(0, mel_idx).mul_(mel_w).view(-1, cfg.n_mels, M)  # (K, n_mels, rows)
+        mel = terms[0]
+        for k in range(1, terms.size(0)):
+            mel.add_(terms[k])
         mel = mel.clamp_min_(FLT_EPSILON).log_().t().view(G, t1 - t0, -1)
         if rows is None:
             out[:, t0:t1] = mel
