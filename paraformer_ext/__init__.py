@@ -6,11 +6,21 @@
         print(r["key"], r["text"], r["timestamp"])
 """
 from ._ext import build_info, has_cuda_kernels, has_kernels
+from .audio import AudioError, load_audio
+from .checkpoint import ModelLoadError
+from .model.config import UnsupportedModelError
 from .ops.fsmn import fsmn_memory, fsmn_memory_fn, fsmn_memory_ref
+from .recognizer import Recognizer, load
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "load",
+    "Recognizer",
+    "load_audio",
+    "AudioError",
+    "ModelLoadError",
+    "UnsupportedModelError",
     "build_info",
     "has_kernels",
     "has_cuda_kernels",

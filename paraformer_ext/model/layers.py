@@ -1,0 +1,59 @@
+"""Building blocks shared by encoder and decoder (spec paraformer.md §4)."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+LAYER_NORM_EPS = 1e-12  # funasr.models.transformer.layer_norm.LayerNorm
+
+
+def layer_norm(dim: int) -> nn.LayerNorm:
+    return nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+
+
+def sinusoidal_position_encoding(T: int, depth: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """FunASR's SinusoidalPositionEncoder (spec §4.3): (T, depth), positions 1..T, [sin | cos] halves,
+    inverse timescales exp(−i·ln(10000)/(depth/2 − 1)). Computed in float32 like FunASR's fp32 model."""
+    positions = torch.arange(1, T + 1, device=device, dtype=torch.float32)
+    log_inc = torch.log(torch.tensor([10000.0], device=device, dtype=torch.float32)) / (depth / 2 - 1)
+    inv = torch.exp(torch.arange(depth // 2, device=device, dtype=torch.float32) * (-log_inc))
+    scaled = positions[:, None] * inv[None, :]
+    return torch.cat([torch.sin(scaled), torch.cos(scaled)], dim=1).to(dtype)
+
+
+class PositionwiseFeedForward(nn.Module):
+    """Encoder FFN: w_2(ReLU(w_1 x)) (dropout is a no-op at inference)."""
+
+    def __init__(self, d_model: int, d_ff: int, dropout_rate: float = 0.0):
+        super().__init__()
+        self.w_1 = nn.Linear(d_model, d_ff)
+        self.w_2 = nn.Linear(d_ff, d_model)
+        self.dropout = nn.Dropout(dropout_rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w_2(self.dropout(torch.relu(self.w_1(x))))
+
+
+class PositionwiseFeedForwardDecoderSANM(nn.Module):
+    """Decoder FFN: w_2(LayerNorm(ReLU(w_1 x))), w_2 without bias (spec §4.4)."""
+
+    def __init__(self, d_model: int, d_ff: int, dropout_rate: float = 0.0):
+        super().__init__()
+        self.w_1 = nn.Linear(d_model, d_ff)
+        self.w_2 = nn.Linear(d_ff, d_model, bias=False)
+        self.norm = layer_norm(d_ff)
+        self.dropout = nn.Dropout(dropout_rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w_2(self.norm(self.dropout(torch.relu(self.w_1(x)))))
+
+
+def key_padding_mask(lengths: torch.Tensor | None, T: int, device) -> torch.Tensor | None:
+    """(B, T) bool, True at valid frames; None when there is no padding to mask."""
+    if lengths is None:
+        return None
+    return torch.arange(T, device=device)[None, :] < lengths.to(device)[:, None]
+
+

@@ -1,0 +1,96 @@
+"""The Paraformer model (spec paraformer.md §1): encoder → CIF predictor → decoder, greedy decoding.
+
+Attribute names match FunASR's state_dict, so a FunASR model.pt loads key for key (checkpoint.py).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from .config import ParaformerConfig
+from .decoder import ParaformerSANMDecoder
+from .encoder import SANMEncoder
+from .predictor import CifPredictorV2
+
+
+
+class CTC(nn.Module):
+    """Only present when model_conf.ctc_weight > 0 (its weights must load); greedy decoding ignores it."""
+
+    def __init__(self, odim: int, encoder_output_size: int):
+        super().__init__()
+        self.ctc_lo = nn.Linear(encoder_output_size, odim)
+
+
+class GreedyOutput(NamedTuple):
+    """Batched result of `Paraformer.greedy`. Per item b, only the first token_num[b] positions are real."""
+
+    token_ids: torch.Tensor  # (B, N) int64 argmax ids (before removing specials)
+    token_logp: torch.Tensor  # (B, N) float32 log-probability of the argmax id
+    token_num: torch.Tensor  # (B,) int64
+    encoder_out: torch.Tensor  # (B, T, d)
+    encoder_lengths: torch.Tensor  # (B,)
+    alphas: torch.Tensor  # (B, T+1) float32, tail slot at each item's length
+    fires: torch.Tensor  # (B, T+1) float32
+    acoustic_embeds: torch.Tensor  # (B, N, d)
+
+
+class Paraformer(nn.Module):
+    def __init__(self, cfg: ParaformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = SANMEncoder(cfg.encoder)
+        self.decoder = ParaformerSANMDecoder(cfg.decoder, cfg.vocab_size, cfg.d_model)
+        self.predictor = CifPredictorV2(cfg.predictor)
+        self.ctc = CTC(cfg.vocab_size, cfg.d_model) if cfg.model.ctc_weight > 0.0 else None
+        self.kernels = False
+
+    def set_kernels(self, on: bool) -> "Paraformer":
+        """Use the compiled ops (when built for the weights' device) or the plain PyTorch reference."""
+        self.kernels = bool(on)
+        for m in self.modules():
+            if hasattr(m, "kernels"):
+                m.kernels = self.kernels
+        return self
+
+    def cast(self, dtype: torch.dtype) -> "Paraformer":
+        """Encoder and decoder in `dtype`; the predictor stays float32 (CIF decisions need it, as in FunASR)."""
+        self.encoder.to(dtype)
+        self.decoder.to(dtype)
+        if self.ctc is not None:
+            self.ctc.to(dtype)
+        self.predictor.float()
+        return self
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.encoder.after_norm.weight.dtype
+
+    def encode(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """features (B, T, input_size) float32, lengths (B,) → encoder output (B, T, d) in the model dtype."""
+        return self.encoder(features, lengths)
+
+    def decode_logits(self, encoder_out, encoder_lengths, acoustic_embeds, token_num) -> torch.Tensor:
+        """(B, N, vocab) decoder logits in the model dtype."""
+        return self.decoder(encoder_out, encoder_lengths, acoustic_embeds.to(self.dtype), token_num)
+
+    @torch.no_grad()
+    def greedy(self, features: torch.Tensor, lengths: torch.Tensor) -> GreedyOutput:
+        """The whole inference path of FunASR's Paraformer.inference for a padded batch (spec §1.3),
+        except that every item gets exactly its batch-1 result (see predictor.py)."""
+        lengths = lengths.to(features.device)
+        enc = self.encode(features, lengths)
+        pred = self.predictor(enc, lengths)
+        N = pred.acoustic_embeds.size(1)
+        B = features.size(0)
+        if N == 0:
+            empty = torch.zeros(B, 0, dtype=torch.long, device=features.device)
+            return GreedyOutput(empty, empty.float(), pred.token_num, enc, lengths, pred.alphas, pred.fires, pred.acoustic_embeds)
+        logits = self.decode_logits(enc, lengths, pred.acoustic_embeds, pred.token_num)
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        best, ids = logp.max(dim=-1)
+        return GreedyOutput(ids, best, pred.token_num, enc, lengths, pred.alphas, pred.fires, pred.acoustic_embeds)
+
+

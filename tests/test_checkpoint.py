@@ -1,0 +1,148 @@
+"""Loading FunASR model directories: the happy paths FunASR accepts, and a loud error wherever FunASR
+would silently go wrong (missing/unexpected keys, shape mismatches) or the directory is not a Paraformer."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+import yaml
+
+from conftest import golden_checkpoint, needs_shared
+from paraformer_ext import load
+from paraformer_ext.checkpoint import ModelLoadError, read_state_dict, resolve_model_dir
+from paraformer_ext.model.config import UnsupportedModelError
+
+pytestmark = needs_shared
+
+
+@pytest.fixture()
+def ckpt(tmp_path):
+    src = golden_checkpoint("small")
+    dst = tmp_path / "model"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _edit_config(d, fn):
+    cfg = yaml.safe_load(open(d / "config.yaml"))
+    fn(cfg)
+    yaml.safe_dump(cfg, open(d / "config.yaml", "w"), allow_unicode=True)
+
+
+def _edit_weights(d, fn):
+    sd = torch.load(d / "model.pt", weights_only=True)
+    sd = fn(sd)
+    torch.save(sd, d / "model.pt")
+
+
+def test_loads_golden_small(ckpt):
+    asr = load(ckpt, kernels=False)
+    assert len(asr.tokens) == 8404
+    assert asr.model.cfg.encoder.num_blocks == 6 and asr.model.decoder.decoders2 is not None
+
+
+def test_missing_key_is_named(ckpt):
+    _edit_weights(ckpt, lambda sd: {k: v for k, v in sd.items() if k != "encoder.encoders.2.norm1.weight"})
+    with pytest.raises(ModelLoadError, match=r"missing keys \(1\): encoder\.encoders\.2\.norm1\.weight"):
+        load(ckpt, kernels=False)
+
+
+def test_unexpected_key_is_named(ckpt):
+    _edit_weights(ckpt, lambda sd: {**sd, "decoder.bias_encoder.weight": torch.zeros(3)})
+    with pytest.raises(ModelLoadError, match=r"unexpected keys \(1\): decoder\.bias_encoder\.weight"):
+        load(ckpt, kernels=False)
+
+
+def test_shape_mismatch_is_named(ckpt):
+    _edit_weights(ckpt, lambda sd: {**sd, "predictor.cif_output.weight": torch.zeros(1, 255)})
+    with pytest.raises(ModelLoadError, match=r"predictor\.cif_output\.weight: checkpoint \(1, 255\) vs model \(1, 256\)"):
+        load(ckpt, kernels=False)
+
+
+def test_geometry_comes_from_config(ckpt):
+    # a config that says 5 encoder blocks does not match 6 blocks of weights: unexpected keys, named
+    _edit_config(ckpt, lambda c: c["encoder_conf"].update(num_blocks=5))
+    with pytest.raises(ModelLoadError, match=r"unexpected keys .*encoder\.encoders\.4\."):
+        load(ckpt, kernels=False)
+
+
+def test_wrapped_and_module_prefixed_state_dicts_load(ckpt):
+    _edit_weights(ckpt, lambda sd: {"state_dict": {"module." + k: v for k, v in sd.items()}})
+    ref = golden_checkpoint("small")
+    a = read_state_dict(ckpt / "model.pt")
+    b = read_state_dict(ref / "model.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "model.pt", "am.mvn"])
+def test_missing_file(ckpt, name):
+    (ckpt / name).unlink()
+    (ckpt / "configuration.json").unlink()
+    with pytest.raises(ModelLoadError, match=name.replace(".", r"\.")):
+        load(ckpt, kernels=False)
+
+
+def test_missing_tokens(ckpt):
+    (ckpt / "tokens.json").unlink()
+    (ckpt / "configuration.json").unlink()
+    with pytest.raises(ModelLoadError, match="tokens.json or tokens.txt"):
+        load(ckpt, kernels=False)
+
+
+def test_tokens_txt_is_accepted(ckpt):
+    toks = json.load(open(ckpt / "tokens.json", encoding="utf-8"))
+    (ckpt / "tokens.json").unlink()
+    (ckpt / "configuration.json").unlink()
+    (ckpt / "tokens.txt").write_text("\n".join(toks) + "\n", encoding="utf-8")
+    assert len(load(ckpt, kernels=False).tokens) == 8404
+
+
+def test_configuration_json_file_map(ckpt):
+    (ckpt / "model.pt").rename(ckpt / "weights.bin")
+    (ckpt / "am.mvn").rename(ckpt / "global.mvn")
+    conf = json.load(open(ckpt / "configuration.json"))
+    conf["file_path_metas"].update(init_param="weights.bin", frontend_conf={"cmvn_file": "global.mvn"})
+    json.dump(conf, open(ckpt / "configuration.json", "w"))
+    files = resolve_model_dir(ckpt)
+    assert files.weights.name == "weights.bin" and files.cmvn.name == "global.mvn"
+
+
+def test_malformed_files(ckpt):
+    (ckpt / "config.yaml").write_text("model: [unclosed\n")
+    with pytest.raises(ModelLoadError, match="not valid YAML"):
+        load(ckpt, kernels=False)
+
+
+def test_malformed_weights(ckpt):
+    (ckpt / "model.pt").write_bytes(b"not a torch file")
+    with pytest.raises(ModelLoadError, match="cannot be read as a torch state_dict"):
+        load(ckpt, kernels=False)
+
+
+@pytest.mark.parametrize(
+    "role,value,what",
+    [
+        ("model", "SeacoParaformer", "SeACo"),
+        ("model", "BiCifParaformer", "BiCif"),
+        ("model", "ParaformerStreaming", "streaming"),
+        ("encoder", "SANMEncoderChunkOpt", "streaming chunked"),
+        ("predictor", "CifPredictorV3", "upsampling"),
+    ],
+)
+def test_unsupported_model_classes(ckpt, role, value, what):
+    _edit_config(ckpt, lambda c: c.__setitem__(role, value))
+    with pytest.raises(UnsupportedModelError, match=rf"{role} is '{value}'.*{what}.*supported: model Paraformer"):
+        load(ckpt, kernels=False)
+
+
+def test_unknown_config_key(ckpt):
+    _edit_config(ckpt, lambda c: c["encoder_conf"].update(flash=True))
+    with pytest.raises(ValueError, match=r"encoder_conf has keys paraformer_ext does not know: \['flash'\]"):
+        load(ckpt, kernels=False)
+
+
+def test_not_a_directory(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load(tmp_path / "nope", kernels=False)
