@@ -89,7 +89,7 @@ def synthetic_speech(seconds: float, seed: int, sr: int = 16000) -> np.ndarray:
         if rng.random() < 0.4:  # a fricative onset
             k = min(m, int(0.05 * sr))
             sig[:k] += rng.normal(0, 0.6, k) * np.linspace(1, 0, k)
-        env = np.sin(np.pi * np.arange(m) / max(m - 1, 1)) ** 0.6
+        env = np.abs(np.sin(np.pi * np.arange(m) / max(m - 1, 1))) ** 0.6
         out[t : t + m] += sig * env * rng.uniform(0.3, 1.0)
         t += m
     out += rng.normal(0, 1e-3, n)  # a noise floor, so no frame is digital silence
