@@ -3,6 +3,13 @@
 #include <ATen/ATen.h>
 #include <c10/util/Optional.h>
 
+// Functions of small structs shared by the CPU and CUDA code.
+#ifdef __CUDACC__
+#define PFX_HD __host__ __device__ __forceinline__
+#else
+#define PFX_HD inline
+#endif
+
 namespace paraformer_ext {
 
 inline void check_float_tensor(const at::Tensor& t, const char* op, const char* name) {

@@ -1,5 +1,5 @@
 #pragma once
-// FSMN memory block: shared argument checking for the CPU and CUDA implementations.
+// FSMN memory block: shared argument checking and the strided view both backends read from.
 #include "common.h"
 
 namespace paraformer_ext {
@@ -7,6 +7,18 @@ namespace paraformer_ext {
 struct FsmnShape {
   int64_t B, T, D, K, left;
 };
+
+// A (B, T, D) tensor read through its batch and time strides; channels must be contiguous (stride 1), so a
+// column slice of a wider projection (V inside QKV) is read in place, without a copy.
+template <typename T>
+struct Rows {
+  const T* p;
+  int64_t sb, st;
+  PFX_HD const T* row(int64_t b, int64_t t) const { return p + b * sb + t * st; }
+};
+
+// Make the channel dimension contiguous (a no-op for row slices of a contiguous tensor).
+inline at::Tensor channels_contiguous(const at::Tensor& t) { return t.stride(2) == 1 ? t : t.contiguous(); }
 
 inline FsmnShape check_fsmn_args(const at::Tensor& x, const at::Tensor& weight, int64_t left, const char* op) {
   TORCH_CHECK(x.dim() == 3, op, ": x must be (B, T, D), got shape ", x.sizes());
@@ -30,6 +42,15 @@ inline void check_residual(const c10::optional<at::Tensor>& residual, const at::
   TORCH_CHECK(residual->scalar_type() == x.scalar_type(), op, ": residual dtype ", residual->scalar_type(),
               " differs from x dtype ", x.scalar_type());
   check_same_device(*residual, x, op, "residual", "x");
+}
+
+inline void check_bias(const c10::optional<at::Tensor>& bias, const at::Tensor& x, const char* op) {
+  if (!bias.has_value()) return;
+  TORCH_CHECK(bias->dim() == 1 && bias->size(0) == x.size(2), op, ": bias must be (D,) = (", x.size(2), ",), got ",
+              bias->sizes());
+  TORCH_CHECK(bias->scalar_type() == x.scalar_type(), op, ": bias dtype ", bias->scalar_type(), " differs from x dtype ",
+              x.scalar_type());
+  check_same_device(*bias, x, op, "bias", "x");
 }
 
 }  // namespace paraformer_ext

@@ -11,13 +11,15 @@ namespace paraformer_ext {
 namespace {
 
 template <typename scalar_t>
-void fsmn_forward_kernel(const scalar_t* x, const scalar_t* w, const int64_t* lengths, const scalar_t* residual,
-                         scalar_t* out, const FsmnShape s) {
+void fsmn_forward_kernel(Rows<scalar_t> x, const scalar_t* w, const int64_t* lengths, const Rows<scalar_t>* residual,
+                         const scalar_t* bias, scalar_t* out, const FsmnShape s) {
   using acc_t = at::opmath_type<scalar_t>;
   // Tap-major float copy of the weight so the inner loop runs contiguously over channels.
-  std::vector<acc_t> wt(s.K * s.D);
+  std::vector<acc_t> wt(s.K * s.D), bf(s.D, acc_t(0));
   for (int64_t d = 0; d < s.D; ++d)
     for (int64_t j = 0; j < s.K; ++j) wt[j * s.D + d] = static_cast<acc_t>(w[d * s.K + j]);
+  if (bias)
+    for (int64_t d = 0; d < s.D; ++d) bf[d] = static_cast<acc_t>(bias[d]);
 
   const int64_t rows = s.B * s.T;
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, s.D * s.K));
@@ -27,25 +29,24 @@ void fsmn_forward_kernel(const scalar_t* x, const scalar_t* w, const int64_t* le
       const int64_t b = r / s.T, t = r % s.T;
       const int64_t len = lengths ? std::min<int64_t>(std::max<int64_t>(lengths[b], 0), s.T) : s.T;
       scalar_t* o = out + r * s.D;
-      const scalar_t* res = residual ? residual + r * s.D : nullptr;
-      if (t >= len) {  // masked output: only the residual survives
-        for (int64_t d = 0; d < s.D; ++d) o[d] = res ? res[d] : scalar_t(0);
-        continue;
+      const scalar_t* res = residual ? residual->row(b, t) : nullptr;
+      if (t < len) {
+        const scalar_t* xr = x.row(b, t);
+        for (int64_t d = 0; d < s.D; ++d) acc[d] = static_cast<acc_t>(xr[d]);
+        const int64_t j0 = std::max<int64_t>(0, s.left - t);
+        const int64_t j1 = std::min<int64_t>(s.K, len - t + s.left);  // taps reading frames in [0, len)
+        for (int64_t j = j0; j < j1; ++j) {
+          const scalar_t* xs = x.row(b, t + j - s.left);
+          const acc_t* wj = wt.data() + j * s.D;
+          for (int64_t d = 0; d < s.D; ++d) acc[d] += wj[d] * static_cast<acc_t>(xs[d]);
+        }
+      } else {  // masked frame: only residual and bias survive
+        for (int64_t d = 0; d < s.D; ++d) acc[d] = acc_t(0);
       }
-      const scalar_t* xr = x + r * s.D;
-      for (int64_t d = 0; d < s.D; ++d) acc[d] = static_cast<acc_t>(xr[d]);
-      const int64_t j0 = std::max<int64_t>(0, s.left - t);
-      const int64_t j1 = std::min<int64_t>(s.K, len - t + s.left);  // taps reading frames in [0, len)
-      for (int64_t j = j0; j < j1; ++j) {
-        const scalar_t* xs = x + (b * s.T + t + j - s.left) * s.D;
-        const acc_t* wj = wt.data() + j * s.D;
-        for (int64_t d = 0; d < s.D; ++d) acc[d] += wj[d] * static_cast<acc_t>(xs[d]);
-      }
-      if (res) {
-        for (int64_t d = 0; d < s.D; ++d) o[d] = static_cast<scalar_t>(acc[d] + static_cast<acc_t>(res[d]));
-      } else {
-        for (int64_t d = 0; d < s.D; ++d) o[d] = static_cast<scalar_t>(acc[d]);
-      }
+      // Summation order: (residual + memory) + bias, the order the encoder adds them in.
+      if (res)
+        for (int64_t d = 0; d < s.D; ++d) acc[d] = static_cast<acc_t>(res[d]) + acc[d];
+      for (int64_t d = 0; d < s.D; ++d) o[d] = static_cast<scalar_t>(acc[d] + bf[d]);
     }
   });
 }
@@ -80,26 +81,35 @@ void fsmn_weight_grad_kernel(const scalar_t* g, const scalar_t* x, const int64_t
   });
 }
 
+void check_lengths_range(const at::Tensor& len, int64_t T, const char* op) {
+  if (!len.defined()) return;
+  const int64_t* lp = len.data_ptr<int64_t>();
+  for (int64_t b = 0; b < len.size(0); ++b)
+    TORCH_CHECK(lp[b] >= 0 && lp[b] <= T, op, ": lengths[", b, "] = ", lp[b], " is outside [0, T = ", T, "]");
+}
+
 at::Tensor fsmn_memory_cpu(const at::Tensor& x_in, const at::Tensor& weight_in, const c10::optional<at::Tensor>& lengths,
-                           int64_t left, const c10::optional<at::Tensor>& residual_in) {
+                           int64_t left, const c10::optional<at::Tensor>& residual_in,
+                           const c10::optional<at::Tensor>& bias_in) {
   const char* op = "paraformer_ext.fsmn_memory";
   const FsmnShape s = check_fsmn_args(x_in, weight_in, left, op);
   check_residual(residual_in, x_in, op);
+  check_bias(bias_in, x_in, op);
   const at::Tensor len = checked_lengths(lengths, x_in, s.B, op);
-  const at::Tensor x = x_in.contiguous();
+  check_lengths_range(len, s.T, op);
+  const at::Tensor x = channels_contiguous(x_in);
   const at::Tensor w = weight_in.contiguous();
-  at::Tensor residual;
-  if (residual_in.has_value()) residual = residual_in->contiguous();
-  at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
+  at::Tensor residual, bias;
+  if (residual_in.has_value()) residual = channels_contiguous(*residual_in);
+  if (bias_in.has_value()) bias = bias_in->contiguous();
+  at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
   if (x.numel() == 0) return out;
-  const int64_t* lp = len.defined() ? len.data_ptr<int64_t>() : nullptr;
-  if (lp) {
-    for (int64_t b = 0; b < s.B; ++b)
-      TORCH_CHECK(lp[b] >= 0 && lp[b] <= s.T, op, ": lengths[", b, "] = ", lp[b], " is outside [0, T = ", s.T, "]");
-  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fsmn_memory_cpu", [&] {
-    fsmn_forward_kernel<scalar_t>(x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), lp,
-                                  residual.defined() ? residual.data_ptr<scalar_t>() : nullptr,
+    Rows<scalar_t> xr{x.data_ptr<scalar_t>(), x.stride(0), x.stride(1)};
+    Rows<scalar_t> rr{residual.defined() ? residual.data_ptr<scalar_t>() : nullptr,
+                      residual.defined() ? residual.stride(0) : 0, residual.defined() ? residual.stride(1) : 0};
+    fsmn_forward_kernel<scalar_t>(xr, w.data_ptr<scalar_t>(), len.defined() ? len.data_ptr<int64_t>() : nullptr,
+                                  residual.defined() ? &rr : nullptr, bias.defined() ? bias.data_ptr<scalar_t>() : nullptr,
                                   out.data_ptr<scalar_t>(), s);
   });
   return out;
@@ -117,17 +127,14 @@ at::Tensor fsmn_memory_weight_grad_cpu(const at::Tensor& grad_in, const at::Tens
               left, " kernel_size=", kernel_size);
   const FsmnShape s{x_in.size(0), x_in.size(1), x_in.size(2), kernel_size, left};
   const at::Tensor len = checked_lengths(lengths, x_in, s.B, op);
+  check_lengths_range(len, s.T, op);
   const at::Tensor g = grad_in.contiguous(), x = x_in.contiguous();
   const auto acc_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor gw = at::zeros({s.D, s.K}, x.options().dtype(acc_dtype));
   if (x.numel() == 0) return gw.to(x.scalar_type());
-  const int64_t* lp = len.defined() ? len.data_ptr<int64_t>() : nullptr;
-  if (lp) {
-    for (int64_t b = 0; b < s.B; ++b)
-      TORCH_CHECK(lp[b] >= 0 && lp[b] <= s.T, op, ": lengths[", b, "] = ", lp[b], " is outside [0, T = ", s.T, "]");
-  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fsmn_memory_weight_grad_cpu", [&] {
-    fsmn_weight_grad_kernel<scalar_t>(g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), lp,
+    fsmn_weight_grad_kernel<scalar_t>(g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
+                                      len.defined() ? len.data_ptr<int64_t>() : nullptr,
                                       gw.data_ptr<at::opmath_type<scalar_t>>(), s);
   });
   return gw.to(x.scalar_type());

@@ -16,9 +16,10 @@ constexpr int kThreadsPerBlock = 256;
 constexpr int kSmemBudget = 48 * 1024;
 
 template <typename scalar_t, int VEC>
-__global__ void fsmn_forward_tiled(const scalar_t* __restrict__ x, const scalar_t* __restrict__ wt,
-                                   const int64_t* __restrict__ lengths, const scalar_t* __restrict__ residual,
-                                   scalar_t* __restrict__ out, int64_t T, int64_t D, int K, int left, int tile_t) {
+__global__ void fsmn_forward_tiled(Rows<scalar_t> x, const scalar_t* __restrict__ wt,
+                                   const int64_t* __restrict__ lengths, Rows<scalar_t> residual,
+                                   const scalar_t* __restrict__ bias, scalar_t* __restrict__ out, int64_t T, int64_t D,
+                                   int K, int left, int tile_t) {
   using acc_t = at::opmath_type<scalar_t>;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   acc_t* tile = reinterpret_cast<acc_t*>(smem_raw);
@@ -36,7 +37,7 @@ __global__ void fsmn_forward_tiled(const scalar_t* __restrict__ x, const scalar_
     for (int i = 0; i < VEC; ++i) v[i] = acc_t(0);
     if (t >= 0 && t < len && c < D) {
       scalar_t raw[VEC];
-      load_vec<scalar_t, VEC>(x + (b * T + t) * D + c, raw);
+      load_vec<scalar_t, VEC>(x.row(b, t) + c, raw);
 #pragma unroll
       for (int i = 0; i < VEC; ++i) v[i] = static_cast<acc_t>(raw[i]);
     }
@@ -63,11 +64,17 @@ __global__ void fsmn_forward_tiled(const scalar_t* __restrict__ x, const scalar_
         for (int i = 0; i < VEC; ++i) acc[i] += static_cast<acc_t>(wraw[i]) * row[i];
       }
     }
-    if (residual != nullptr) {
+    if (residual.p != nullptr) {
       scalar_t rraw[VEC];
-      load_vec<scalar_t, VEC>(residual + (b * T + t) * D + c, rraw);
+      load_vec<scalar_t, VEC>(residual.row(b, t) + c, rraw);
 #pragma unroll
-      for (int i = 0; i < VEC; ++i) acc[i] += static_cast<acc_t>(rraw[i]);
+      for (int i = 0; i < VEC; ++i) acc[i] = static_cast<acc_t>(rraw[i]) + acc[i];
+    }
+    if (bias != nullptr) {
+      scalar_t braw[VEC];
+      load_vec<scalar_t, VEC>(bias + c, braw);
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) acc[i] += static_cast<acc_t>(braw[i]);
     }
     scalar_t o[VEC];
 #pragma unroll
@@ -78,9 +85,10 @@ __global__ void fsmn_forward_tiled(const scalar_t* __restrict__ x, const scalar_
 
 // Any K, any alignment: one thread per output element, taps read through the L1 cache.
 template <typename scalar_t>
-__global__ void fsmn_forward_direct(const scalar_t* __restrict__ x, const scalar_t* __restrict__ wt,
-                                    const int64_t* __restrict__ lengths, const scalar_t* __restrict__ residual,
-                                    scalar_t* __restrict__ out, int64_t B, int64_t T, int64_t D, int K, int left) {
+__global__ void fsmn_forward_direct(Rows<scalar_t> x, const scalar_t* __restrict__ wt,
+                                    const int64_t* __restrict__ lengths, Rows<scalar_t> residual,
+                                    const scalar_t* __restrict__ bias, scalar_t* __restrict__ out, int64_t B, int64_t T,
+                                    int64_t D, int K, int left) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t n = B * T * D;
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < n;
@@ -89,13 +97,14 @@ __global__ void fsmn_forward_direct(const scalar_t* __restrict__ x, const scalar
     const int64_t len = clamp_len(lengths, b, T);
     acc_t acc = acc_t(0);
     if (t < len) {
-      acc = static_cast<acc_t>(x[idx]);
+      acc = static_cast<acc_t>(x.row(b, t)[d]);
       for (int j = 0; j < K; ++j) {
         const int64_t s = t + j - left;
-        if (s >= 0 && s < len) acc += static_cast<acc_t>(wt[j * D + d]) * static_cast<acc_t>(x[(b * T + s) * D + d]);
+        if (s >= 0 && s < len) acc += static_cast<acc_t>(wt[j * D + d]) * static_cast<acc_t>(x.row(b, s)[d]);
       }
     }
-    if (residual != nullptr) acc += static_cast<acc_t>(residual[idx]);
+    if (residual.p != nullptr) acc = static_cast<acc_t>(residual.row(b, t)[d]) + acc;
+    if (bias != nullptr) acc += static_cast<acc_t>(bias[d]);
     out[idx] = static_cast<scalar_t>(acc);
   }
 }
@@ -124,9 +133,20 @@ __global__ void fsmn_weight_grad_kernel(const scalar_t* __restrict__ g, const sc
   }
 }
 
+template <typename T>
+Rows<T> rows_of(const at::Tensor& t) {
+  if (!t.defined()) return Rows<T>{nullptr, 0, 0};
+  return Rows<T>{t.data_ptr<T>(), t.stride(0), t.stride(1)};
+}
+
+// Vector loads need every row start aligned: base pointer and both strides.
+bool rows_aligned(const at::Tensor& t, int64_t vec, int64_t bytes) {
+  return !t.defined() || (is_aligned(t.data_ptr(), bytes) && t.stride(0) % vec == 0 && t.stride(1) % vec == 0);
+}
+
 template <typename scalar_t, int VEC>
 bool try_launch_tiled(const at::Tensor& x, const at::Tensor& wt, const int64_t* lp, const at::Tensor& residual,
-                      at::Tensor& out, const FsmnShape& s, cudaStream_t stream) {
+                      const at::Tensor& bias, at::Tensor& out, const FsmnShape& s, cudaStream_t stream) {
   using acc_t = at::opmath_type<scalar_t>;
   const int row_bytes = kChannelsPerBlock * sizeof(acc_t);
   const int rows_max = kSmemBudget / row_bytes;
@@ -136,8 +156,8 @@ bool try_launch_tiled(const at::Tensor& x, const at::Tensor& wt, const int64_t* 
   if (tile_t < block_rows) return false;  // kernel too wide for the shared-memory slab
   if (s.D % VEC != 0) return false;
   const int64_t bytes = sizeof(scalar_t) * VEC;
-  if (!is_aligned(x.data_ptr(), bytes) || !is_aligned(out.data_ptr(), bytes) || !is_aligned(wt.data_ptr(), bytes) ||
-      (residual.defined() && !is_aligned(residual.data_ptr(), bytes)))
+  if (!rows_aligned(x, VEC, bytes) || !rows_aligned(residual, VEC, bytes) || !is_aligned(out.data_ptr(), bytes) ||
+      !is_aligned(wt.data_ptr(), bytes) || (bias.defined() && !is_aligned(bias.data_ptr(), bytes)))
     return false;
   if (tile_t > s.T) tile_t = static_cast<int>(((s.T + block_rows - 1) / block_rows) * block_rows);
   const int64_t t_tiles = (s.T + tile_t - 1) / tile_t;
@@ -147,38 +167,42 @@ bool try_launch_tiled(const at::Tensor& x, const at::Tensor& wt, const int64_t* 
   const dim3 block(lanes, block_rows);
   const size_t smem = static_cast<size_t>(tile_t + s.K - 1) * row_bytes;
   fsmn_forward_tiled<scalar_t, VEC><<<grid, block, smem, stream>>>(
-      x.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(), lp, residual.defined() ? residual.data_ptr<scalar_t>() : nullptr,
-      out.data_ptr<scalar_t>(), s.T, s.D, static_cast<int>(s.K), static_cast<int>(s.left), tile_t);
+      rows_of<scalar_t>(x), wt.data_ptr<scalar_t>(), lp, rows_of<scalar_t>(residual),
+      bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(), s.T, s.D, static_cast<int>(s.K),
+      static_cast<int>(s.left), tile_t);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return true;
 }
 
 at::Tensor fsmn_memory_cuda(const at::Tensor& x_in, const at::Tensor& weight, const c10::optional<at::Tensor>& lengths,
-                            int64_t left, const c10::optional<at::Tensor>& residual_in) {
+                            int64_t left, const c10::optional<at::Tensor>& residual_in,
+                            const c10::optional<at::Tensor>& bias_in) {
   const char* op = "paraformer_ext.fsmn_memory";
   const FsmnShape s = check_fsmn_args(x_in, weight, left, op);
   check_residual(residual_in, x_in, op);
+  check_bias(bias_in, x_in, op);
   const at::cuda::OptionalCUDAGuard guard(x_in.device());
   // Lengths are clamped to [0, T] in the kernel: validating them here would cost a device sync per call.
   const at::Tensor len = checked_lengths(lengths, x_in, s.B, op);
-  const at::Tensor x = x_in.contiguous();
+  const at::Tensor x = channels_contiguous(x_in);
   const at::Tensor wt = weight.t().contiguous();  // (K, D): taps are contiguous over channels
-  at::Tensor residual;
-  if (residual_in.has_value()) residual = residual_in->contiguous();
-  at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
+  at::Tensor residual, bias;
+  if (residual_in.has_value()) residual = channels_contiguous(*residual_in);
+  if (bias_in.has_value()) bias = bias_in->contiguous();
+  at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
   if (x.numel() == 0) return out;
   const int64_t* lp = len.defined() ? len.data_ptr<int64_t>() : nullptr;
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fsmn_memory_cuda", [&] {
     constexpr int VEC = 16 / sizeof(scalar_t);
-    if (try_launch_tiled<scalar_t, VEC>(x, wt, lp, residual, out, s, stream)) return;
-    if (try_launch_tiled<scalar_t, 1>(x, wt, lp, residual, out, s, stream)) return;
+    if (try_launch_tiled<scalar_t, VEC>(x, wt, lp, residual, bias, out, s, stream)) return;
+    if (try_launch_tiled<scalar_t, 1>(x, wt, lp, residual, bias, out, s, stream)) return;
     const int64_t n = x.numel();
     const int threads = 256;
     const int64_t blocks = std::min<int64_t>((n + threads - 1) / threads, 65535LL * 8);
     fsmn_forward_direct<scalar_t><<<blocks, threads, 0, stream>>>(
-        x.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(), lp,
-        residual.defined() ? residual.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(), s.B, s.T, s.D,
+        rows_of<scalar_t>(x), wt.data_ptr<scalar_t>(), lp, rows_of<scalar_t>(residual),
+        bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(), s.B, s.T, s.D,
         static_cast<int>(s.K), static_cast<int>(s.left));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

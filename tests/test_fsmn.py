@@ -46,6 +46,27 @@ def test_forward_matches_reference(device, dtype, B, T, D, K, left):
         assert (out.double() - ref).abs().max() <= TOL[dtype] * scale
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_strided_input_bias_and_residual(device, dtype):
+    """x read in place as the V slice of a QKV projection; residual and bias added after the mask."""
+    B, T, D, K = 3, 37, 64, 11
+    g = torch.Generator().manual_seed(11)
+    qkv = torch.randn(B, T, 3 * D, generator=g, dtype=torch.float64)
+    v = qkv[..., 2 * D :]
+    w = torch.randn(D, K, generator=g, dtype=torch.float64) / 3
+    res = torch.randn(B, T, D, generator=g, dtype=torch.float64)
+    bias = torch.randn(D, generator=g, dtype=torch.float64)
+    lengths = torch.tensor([T, 20, 1], device=device)
+    cast = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
+    vs = cast(qkv)[..., 2 * D :]
+    assert not vs.is_contiguous() and vs.stride(-1) == 1
+    out = fsmn_memory_fn(vs, cast(w), lengths, 5, cast(res), cast(bias))
+    ref = fsmn_memory_ref(v, w, lengths.cpu(), 5, res, bias)
+    assert (out.double().cpu() - ref).abs().max() <= TOL[dtype] * ref.abs().max().clamp_min(1.0)
+    # masked frames hold exactly residual + bias
+    assert torch.allclose(out[2, 1:].double().cpu(), (cast(res)[2, 1:] + cast(bias)).double().cpu(), atol=TOL[dtype] * 10)
+
+
 def test_padded_frames_are_zero_and_ignored(device):
     x, w, _, _, _ = _inputs(2, 30, 32, 11, torch.float32, device, 3, with_lengths=False)
     lengths = torch.tensor([30, 12], device=device)
@@ -77,9 +98,12 @@ def test_empty_batch_and_empty_time(device):
 
 def test_gradcheck(device):
     x, w, _, lengths, res = _inputs(2, 13, 6, 5, torch.float64, device, 5)
+    bias = torch.randn(6, dtype=torch.float64, device=device, requires_grad=True)
     x.requires_grad_(), w.requires_grad_(), res.requires_grad_()
-    assert torch.autograd.gradcheck(lambda a, b, c: fsmn_memory_fn(a, b, lengths, 3, c), (x, w, res))
+    assert torch.autograd.gradcheck(lambda a, b, c, d: fsmn_memory_fn(a, b, lengths, 3, c, d), (x, w, res, bias))
     assert torch.autograd.gradcheck(lambda a, b: fsmn_memory_fn(a, b, None, 0), (x, w))
+    wide = torch.randn(2, 13, 18, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: fsmn_memory_fn(a[..., 12:], b, lengths, 2), (wide, w))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -97,7 +121,9 @@ def test_backward_matches_reference(device, dtype):
 
 def test_opcheck(device):
     x, w, _, lengths, res = _inputs(2, 9, 8, 5, torch.float32, device, 7)
-    for args in [(x, w, lengths, 2, res), (x, w, None, 0, None), (x.double().requires_grad_(), w.double(), lengths, 4, None)]:
+    bias = torch.randn(8, device=device)
+    for args in [(x, w, lengths, 2, res), (x, w, None, 0, None), (x, w, lengths, 1, res, bias),
+                 (x.double().requires_grad_(), w.double(), lengths, 4, None)]:
         torch.library.opcheck(torch.ops.paraformer_ext.fsmn_memory.default, args)
     g = torch.randn_like(x)
     torch.library.opcheck(torch.ops.paraformer_ext.fsmn_memory_weight_grad.default, (g, x, lengths, 2, 5))

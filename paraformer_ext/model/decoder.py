@@ -29,10 +29,16 @@ class DecoderLayerSANM(nn.Module):
         residual = x
         t = self.feed_forward(self.norm1(x))  # the FFN comes first and has no residual of its own
         x = t
+        if self.training:
+            if self.self_attn is not None:
+                x = residual + self.dropout(self.self_attn(self.norm2(t), lengths))
+            if self.src_attn is not None:
+                x = x + self.dropout(self.src_attn(self.norm3(x), memory, memory_mask))
+            return x
         if self.self_attn is not None:
-            x = residual + self.dropout(self.self_attn(self.norm2(t), lengths))
+            x = self.self_attn(self.norm2(t), lengths, residual)
         if self.src_attn is not None:
-            x = x + self.dropout(self.src_attn(self.norm3(x), memory, memory_mask))
+            x = self.src_attn(self.norm3(x), memory, memory_mask, x)
         return x
 
 

@@ -24,10 +24,14 @@ class EncoderLayerSANM(nn.Module):
         self.size = size
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None, key_mask: torch.Tensor | None) -> torch.Tensor:
-        att = self.self_attn(self.norm1(x), lengths, key_mask)
         # The first layer changes the width (560 → d), so it has no residual around attention.
-        x = x + self.dropout(att) if self.in_size == self.size else self.dropout(att)
-        return x + self.dropout(self.feed_forward(self.norm2(x)))
+        same = self.in_size == self.size
+        if self.training:
+            att = self.self_attn(self.norm1(x), lengths, key_mask)
+            x = x + self.dropout(att) if same else self.dropout(att)
+            return x + self.dropout(self.feed_forward(self.norm2(x)))
+        x = self.self_attn(self.norm1(x), lengths, key_mask, x if same else None)
+        return self.feed_forward(self.norm2(x), x)
 
 
 class SANMEncoder(nn.Module):

@@ -6,6 +6,9 @@ import math
 import torch
 from torch import nn
 
+from .._ext import kernels_available_for
+from ..ops.sanm import ffn_fn, ffn_ref
+
 LAYER_NORM_EPS = 1e-12  # funasr.models.transformer.layer_norm.LayerNorm
 
 
@@ -24,16 +27,21 @@ def sinusoidal_position_encoding(T: int, depth: int, device=None, dtype=torch.fl
 
 
 class PositionwiseFeedForward(nn.Module):
-    """Encoder FFN: w_2(ReLU(w_1 x)) (dropout is a no-op at inference)."""
+    """Encoder FFN: w_2(ReLU(w_1 x)) (+ residual, folded into the second GEMM on the fused path)."""
 
     def __init__(self, d_model: int, d_ff: int, dropout_rate: float = 0.0):
         super().__init__()
         self.w_1 = nn.Linear(d_model, d_ff)
         self.w_2 = nn.Linear(d_ff, d_model)
         self.dropout = nn.Dropout(dropout_rate)
+        self.kernels = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w_2(self.dropout(torch.relu(self.w_1(x))))
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        if self.training:
+            y = self.w_2(self.dropout(torch.relu(self.w_1(x))))
+            return y if residual is None else residual + y
+        fn = ffn_fn if self.kernels and kernels_available_for(x.device) else ffn_ref
+        return fn(self, x, residual)
 
 
 class PositionwiseFeedForwardDecoderSANM(nn.Module):
@@ -45,9 +53,12 @@ class PositionwiseFeedForwardDecoderSANM(nn.Module):
         self.w_2 = nn.Linear(d_ff, d_model, bias=False)
         self.norm = layer_norm(d_ff)
         self.dropout = nn.Dropout(dropout_rate)
+        self.kernels = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w_2(self.norm(self.dropout(torch.relu(self.w_1(x)))))
+        h = self.w_1(x)
+        h = torch.relu_(h) if self.kernels and not self.training else self.dropout(torch.relu(h))
+        return self.w_2(self.norm(h))
 
 
 def key_padding_mask(lengths: torch.Tensor | None, T: int, device) -> torch.Tensor | None:

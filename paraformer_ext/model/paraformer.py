@@ -82,6 +82,10 @@ class Paraformer(nn.Module):
         except that every item gets exactly its batch-1 result (see predictor.py)."""
         lengths = lengths.to(features.device)
         enc = self.encode(features, lengths)
+        if bool((lengths < enc.size(1)).any()):
+            # padded frames hold garbage; zero them so nothing downstream can read it (NaN-proof)
+            valid = torch.arange(enc.size(1), device=enc.device)[None, :] < lengths[:, None]
+            enc = enc.masked_fill(~valid[:, :, None], 0.0)
         pred = self.predictor(enc, lengths)
         N = pred.acoustic_embeds.size(1)
         B = features.size(0)

@@ -41,7 +41,7 @@ class CifPredictorV2(nn.Module):
         mask = key_padding_mask(lengths, hidden.size(1), hidden.device)
         h = hidden.to(dtype)
         if mask is not None:
-            h = h * mask[:, :, None].to(dtype)
+            h = h.masked_fill(~mask[:, :, None], 0.0)
         x = F.pad(h.transpose(1, 2), (self.cfg.l_order, self.cfg.r_order))
         x = torch.relu(self.cif_conv1d(x)).transpose(1, 2)
         a = torch.sigmoid(self.cif_output(x))

@@ -1,0 +1,143 @@
+"""SAN-M attention layers (spec paraformer.md §4.1, §4.4) as a fused path (`*_fn`) beside FunASR's
+arithmetic (`*_ref`). Both take the attention module (for its Linear layers, which may be nn.Linear or an
+int8 replacement) and return the layer's output *including* the residual.
+
+The fused path makes the fewest passes over memory it can with stock kernels around one of ours:
+* Q, K, V are read in place from the QKV projection (strided views) by torch's scaled_dot_product_attention
+  (flash / memory-efficient kernels on CUDA, the flash kernel on CPU) with the key-padding mask;
+  the d_k^-0.5 scale goes to the kernel instead of a separate pass over q;
+* the FSMN op reads V in place and writes residual + memory + output bias in one pass;
+* the output projection accumulates into that tensor (GEMM with beta = 1), so the attention output is
+  never added in a separate pass.
+The reference path computes exactly what FunASR computes (explicit scores, −inf fill, softmax, 0 fill).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .fsmn import fsmn_memory_fn, fsmn_memory_ref
+
+
+def masked_softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+    """FunASR's forward_attention. q (B,H,Tq,dk) already scaled; k, v (B,H,Tk,dk); key_mask (B,Tk) bool.
+    Masked keys get −inf before the softmax and exactly 0 after it (an all-masked row gives 0, not NaN)."""
+    scores = torch.matmul(q, k.transpose(-2, -1))
+    if key_mask is not None:
+        pad = ~key_mask[:, None, None, :]
+        scores = scores.masked_fill(pad, float("-inf"))
+        attn = torch.softmax(scores, dim=-1).masked_fill(pad, 0.0)
+    else:
+        attn = torch.softmax(scores, dim=-1)
+    return torch.matmul(attn, v)
+
+
+def _heads(x: torch.Tensor, h: int) -> torch.Tensor:
+    """(B, T, D) → (B, H, T, D/H) view (no copy, also for a column slice of a wider projection)."""
+    return x.unflatten(-1, (h, x.size(-1) // h)).transpose(1, 2)
+
+
+def _merge(x: torch.Tensor) -> torch.Tensor:
+    B, H, T, dk = x.shape
+    return x.transpose(1, 2).reshape(B, T, H * dk)
+
+
+def _sdpa(q, k, v, key_mask, scale):
+    mask = None if key_mask is None else key_mask[:, None, None, :]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+def _gemm_into(base: torch.Tensor, a: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+    """base += a @ linear.weightᵀ in place (GEMM with beta = 1); base must be a fresh contiguous tensor."""
+    base.view(-1, base.size(-1)).addmm_(a.reshape(-1, a.size(-1)), linear.weight.t())
+    return base
+
+
+def residual_plus_linear(residual: torch.Tensor, a: torch.Tensor, linear: nn.Module) -> torch.Tensor:
+    """residual + linear(a): one pass builds residual + bias, the GEMM accumulates into it. Any other
+    Linear-like module (an int8 replacement) is called as it is."""
+    if type(linear) is not nn.Linear:
+        return residual + linear(a)
+    base = residual + linear.bias if linear.bias is not None else residual.clone(memory_format=torch.contiguous_format)
+    return _gemm_into(base, a, linear)
+
+
+# --- encoder self-attention ------------------------------------------------------------------------------
+
+
+def sanm_self_attention_ref(attn, x: torch.Tensor, lengths: torch.Tensor | None, key_mask: torch.Tensor | None,
+                            residual: torch.Tensor | None = None) -> torch.Tensor:
+    """FunASR's MultiHeadedAttentionSANM.forward, plus the layer's residual.
+
+    attn: MultiHeadedAttentionSANM (linear_q_k_v, linear_out, fsmn_block, h, d_k, left); x: (B, T, in_feat)
+    (already normalised); lengths: (B,) or None; key_mask: (B, T) bool or None; residual: (B, T, D) or None
+    (the first encoder layer has none). Returns residual + linear_out(MHA) + FSMN(V): (B, T, D).
+    """
+    n_feat = attn.h * attn.d_k
+    q, k, v = torch.split(attn.linear_q_k_v(x), n_feat, dim=-1)
+    q_h = _heads(q, attn.h) * attn.d_k ** (-0.5)
+    att = attn.linear_out(_merge(masked_softmax_attention(q_h, _heads(k, attn.h), _heads(v, attn.h), key_mask)))
+    out = fsmn_memory_ref(v, attn.fsmn_block.weight, lengths, attn.left, att)
+    return out if residual is None else residual + out
+
+
+def sanm_self_attention_fn(attn, x: torch.Tensor, lengths: torch.Tensor | None, key_mask: torch.Tensor | None,
+                           residual: torch.Tensor | None = None) -> torch.Tensor:
+    """Fused twin of `sanm_self_attention_ref` (same arguments, same result up to float rounding)."""
+    n_feat = attn.h * attn.d_k
+    qkv = attn.linear_q_k_v(x)
+    q, k, v = qkv[..., :n_feat], qkv[..., n_feat : 2 * n_feat], qkv[..., 2 * n_feat :]
+    att = _merge(_sdpa(_heads(q, attn.h), _heads(k, attn.h), _heads(v, attn.h), key_mask, attn.d_k ** (-0.5)))
+    lin = attn.linear_out
+    if type(lin) is not nn.Linear:
+        return fsmn_memory_fn(v, attn.fsmn_block.weight, lengths, attn.left, residual) + lin(att)
+    base = fsmn_memory_fn(v, attn.fsmn_block.weight, lengths, attn.left, residual, lin.bias)
+    return _gemm_into(base, att, lin)
+
+
+# --- decoder cross-attention -----------------------------------------------------------------------------
+
+
+def cross_attention_ref(attn, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None,
+                        residual: torch.Tensor | None = None) -> torch.Tensor:
+    """FunASR's MultiHeadedAttentionCrossAtt.forward, plus the residual.
+
+    attn: MultiHeadedAttentionCrossAtt; x: (B, N, D) normalised queries; memory: (B, T, D_enc) encoder output;
+    memory_mask: (B, T) bool or None; residual: (B, N, D) or None. Returns (B, N, D).
+    """
+    n_feat = attn.h * attn.d_k
+    q_h = _heads(attn.linear_q(x), attn.h) * attn.d_k ** (-0.5)
+    k, v = torch.split(attn.linear_k_v(memory), n_feat, dim=-1)
+    out = attn.linear_out(_merge(masked_softmax_attention(q_h, _heads(k, attn.h), _heads(v, attn.h), memory_mask)))
+    return out if residual is None else residual + out
+
+
+def cross_attention_fn(attn, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None,
+                       residual: torch.Tensor | None = None) -> torch.Tensor:
+    """Fused twin of `cross_attention_ref`."""
+    n_feat = attn.h * attn.d_k
+    kv = attn.linear_k_v(memory)
+    k, v = kv[..., :n_feat], kv[..., n_feat:]
+    att = _sdpa(_heads(attn.linear_q(x), attn.h), _heads(k, attn.h), _heads(v, attn.h), memory_mask, attn.d_k ** (-0.5))
+    merged = _merge(att)
+    if residual is None:
+        return attn.linear_out(merged)
+    return residual_plus_linear(residual, merged, attn.linear_out)
+
+
+# --- feed-forward blocks ---------------------------------------------------------------------------------
+
+
+def ffn_ref(ff, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """Encoder FFN w_2(ReLU(w_1 x)) (+ residual). x: (B, T, D)."""
+    y = ff.w_2(torch.relu(ff.w_1(x)))
+    return y if residual is None else residual + y
+
+
+def ffn_fn(ff, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """Fused twin of `ffn_ref`: in-place ReLU, second GEMM accumulated into residual + bias."""
+    h = torch.relu_(ff.w_1(x))
+    if residual is None:
+        return ff.w_2(h)
+    return residual_plus_linear(residual, h, ff.w_2)
