@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 import torch
 
-__all__ = ["AudioError", "load_audio", "resample"]
+__all__ = ["AudioError", "load_audio", "resample", "audio_num_samples", "read_audio_range"]
 
 
 class AudioError(ValueError):
@@ -221,3 +221,76 @@ def load_audio(path_or_array, sample_rate: int | None = None, target_sr: int = 1
     if sr != target_sr:
         wave = resample(wave, sr, target_sr)
     return wave.contiguous()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# lazy reading: lengths from the header, sample ranges from the file (long audio in bounded memory)
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _check_path(path) -> tuple[str, str]:
+    path = os.fspath(path)
+    what = f"file {path!r}"
+    if not os.path.exists(path):
+        raise AudioError(f"audio {what} does not exist")
+    if os.path.isdir(path):
+        raise AudioError(f"audio {what} is a directory")
+    return path, what
+
+
+def _info(path) -> tuple[int, int, str]:
+    import soundfile as sf
+
+    path, what = _check_path(path)
+    try:
+        info = sf.info(path)
+    except Exception as e:
+        raise AudioError(f"cannot read audio {what}: {e} (supported: the formats of libsndfile, "
+                         f"e.g. wav, flac, ogg, mp3)") from e
+    if info.frames <= 0:
+        raise AudioError(f"audio {what} is empty (0 samples)")
+    return int(info.frames), int(info.samplerate), what
+
+
+def _resampled_length(n: int, orig_sr: int, new_sr: int) -> int:
+    g = math.gcd(orig_sr, new_sr)
+    return -(-(new_sr // g) * n // (orig_sr // g))
+
+
+def audio_num_samples(path, target_sr: int = 16000) -> int:
+    """Number of samples `load_audio(path, target_sr=...)` returns, from the file header alone."""
+    n, sr, _ = _info(path)
+    return n if sr == target_sr else _resampled_length(n, sr, target_sr)
+
+
+def read_audio_range(path, start: int, stop: int, target_sr: int = 16000, *, lowpass_filter_width: int = 6,
+                     rolloff: float = 0.99) -> torch.Tensor:
+    """Samples [start, stop) of `load_audio(path, target_sr=...)`, reading only the part of the file they
+    depend on. At another rate the resampler works in blocks (gcd-reduced orig → new: output block j reads
+    input [j·orig − width, j·orig + width + orig)), so the slice starts on a block boundary far enough back
+    that every needed block sees the same input as in the whole-file call."""
+    import soundfile as sf
+
+    n, sr, what = _info(path)
+    total = n if sr == target_sr else _resampled_length(n, sr, target_sr)
+    if not 0 <= start <= stop <= total:
+        raise ValueError(f"range [{start}, {stop}) is outside [0, {total}] for {what}")
+    if sr == target_sr:
+        s0, e0, skip = start, stop, start
+    else:
+        g = math.gcd(sr, target_sr)
+        o, nw = sr // g, target_sr // g
+        width = math.ceil(lowpass_filter_width * o / (min(o, nw) * rolloff))
+        j0 = max(0, start // nw - (-(-width // o)))
+        s0, e0, skip = j0 * o, min(n, -(-stop // nw) * o + width), j0 * nw
+    try:
+        data = sf.read(path, start=s0, stop=e0, dtype="float32", always_2d=True)[0]
+    except Exception as e:
+        raise AudioError(f"cannot read audio {what}: {e}") from e
+    x = torch.from_numpy(data)
+    x = x[:, 0].contiguous() if x.size(1) == 1 else x.mean(dim=1)  # as _read_file
+    if not bool(torch.isfinite(x).all()):
+        raise AudioError(f"{what} has NaN or infinite samples")
+    if sr != target_sr:
+        x = resample(x, sr, target_sr, lowpass_filter_width=lowpass_filter_width, rolloff=rolloff)
+    return x[start - skip : stop - skip].contiguous()

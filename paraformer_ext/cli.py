@@ -11,8 +11,29 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run (default: cpu)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                    help="encoder/decoder precision (predictor and CIF stay float32)")
-    p.add_argument("--batch-size", type=int, default=8, help="utterances per batch (default: 8)")
+    p.add_argument("--batch-size", type=int, default=None, help="at most this many utterances per batch (default: 256)")
+    p.add_argument("--max-batch-frames", type=int, default=None,
+                   help="padded 60 ms frames per batch (default: 12000 on cuda, 3000 on cpu)")
     p.add_argument("--no-kernels", action="store_true", help="use the plain PyTorch reference instead of the compiled ops")
+
+
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--long-audio-s", type=float, default=20.0, help="inputs longer than this are cut into segments (default: 20)")
+    p.add_argument("--segmenter", default="vad", choices=["vad", "window", "none"],
+                   help="how long inputs are cut: FSMN-VAD speech segments (default), fixed windows, or not at all")
+    p.add_argument("--window-s", type=float, default=30.0, help="window length for --segmenter window (default: 30)")
+    p.add_argument("--vad-model-dir", default=None, help="a local FunASR fsmn-vad directory (default: fetched once and cached)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _in_order(pairs, n: int):
+    """Yield results in input order as soon as each next one is available (inputs finish out of order)."""
+    held, nxt = {}, 0
+    for i, r in pairs:
+        held[i] = r
+        while nxt in held:
+            yield held.pop(nxt)
+            nxt += 1
 
 
 def _print_results(results, as_json: bool, timestamps: bool) -> int:
@@ -29,12 +50,17 @@ def _print_results(results, as_json: bool, timestamps: bool) -> int:
             if timestamps:
                 out["timestamp"] = r["timestamp"]
             out["token_ids"] = r["token_ids"]
-            print(json.dumps(out, ensure_ascii=False))
+            for extra in ("segments", "note"):
+                if extra in r:
+                    out[extra] = r[extra]
+            print(json.dumps(out, ensure_ascii=False), flush=True)
         else:
             line = f"{r['key']}\t{r['text']}"
             if timestamps:
                 line += "\t" + json.dumps(r["timestamp"])
-            print(line)
+            print(line, flush=True)
+            if "note" in r:
+                print(f"note: {r['key']}: {r['note']}", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -42,8 +68,12 @@ def cmd_transcribe(a) -> int:
     from .recognizer import load
 
     asr = load(a.model, device=a.device, dtype=a.dtype, kernels=not a.no_kernels)
-    results = asr.transcribe(a.audio, batch_size=a.batch_size, timestamps=a.timestamps)
-    return _print_results(results, a.json, a.timestamps)
+    pairs = asr.transcribe_iter(
+        a.audio, batch_size=a.batch_size, max_batch_frames=a.max_batch_frames, timestamps=a.timestamps,
+        long_audio_s=a.long_audio_s, segmenter=a.segmenter, window_s=a.window_s, vad_model_dir=a.vad_model_dir,
+        progress=not a.quiet and sys.stderr.isatty(),
+    )
+    return _print_results(_in_order(pairs, len(a.audio)), a.json, a.timestamps)
 
 
 def cmd_info(a) -> int:
@@ -73,6 +103,7 @@ def main(argv=None) -> int:
     t.add_argument("--timestamps", action="store_true", help="add per-word [start_ms, end_ms] (FunASR's timestamps)")
     t.add_argument("--json", action="store_true", help="one JSON object per input: key, text, timestamp, token_ids")
     _add_model_args(t)
+    _engine_args(t)
     t.set_defaults(fn=cmd_transcribe)
 
     d = sub.add_parser("demo", help="self-contained demo: random-weight model + synthetic speech, kernels vs reference")

@@ -4,25 +4,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
 from ._ext import kernels_available_for
-from .audio import AudioError, load_audio
 from .checkpoint import ModelLoadError, build_config, load_state_dict_strict, read_state_dict, resolve_model_dir
 from .frontend import FrontendConfig, WavFrontend, load_cmvn
+from .engine import Engine, EngineOptions
 from .model.paraformer import Paraformer
-from .text import TokenList, postprocess
-
-AudioInput = "str | os.PathLike | np.ndarray | torch.Tensor"
-
-
-def _key_for(item, index: int) -> str:
-    if isinstance(item, (str, os.PathLike)):
-        return Path(item).name.split(".")[0] if Path(item).name else str(item)  # FunASR: file name without extension
-    return f"array_{index}"
+from .text import TokenList
 
 
 def _dtype(dtype) -> torch.dtype:
@@ -88,61 +80,36 @@ class Recognizer:
 
     # --- transcription ---------------------------------------------------------------------------------
 
-    def _read(self, item) -> torch.Tensor:
-        wave = load_audio(item, target_sr=self.sample_rate)
-        if wave.numel() < self.min_samples:
-            what = f"{item}" if isinstance(item, (str, os.PathLike)) else "array input"
-            raise AudioError(
-                f"{what}: audio is {wave.numel()} samples ({1000 * wave.numel() / self.sample_rate:.1f} ms), shorter than one "
-                f"{self.frontend.cfg.frame_length:g} ms analysis frame ({self.min_samples} samples); nothing to transcribe"
-            )
-        return wave
+    def engine(self, batch_size: int | None = None, **options) -> "Engine":
+        """A batched inference engine over this model (options: engine.EngineOptions; batch_size is
+        max_batch_size)."""
+        if batch_size is not None:
+            if batch_size < 1:
+                raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            options["max_batch_size"] = batch_size
+        return Engine(self, EngineOptions(**options))
 
-    @torch.no_grad()
-    def recognize_waves(self, waves: Sequence[torch.Tensor], timestamps: bool = False) -> list[dict]:
-        """Recognize one padded batch of 1-D float waveforms (16 kHz). Returns one dict per wave, in order."""
-        lengths = torch.tensor([w.numel() for w in waves], dtype=torch.long)
-        batch = torch.zeros(len(waves), int(lengths.max()), dtype=torch.float32)
-        for i, w in enumerate(waves):
-            batch[i, : w.numel()] = w
-        feats, flens = self.frontend(batch.to(self.device), lengths.to(self.device))
-        out = self.model.greedy(feats, flens)
-        results = []
-        token_num = out.token_num.cpu()
-        ids = out.token_ids.cpu()
-        fires = out.fires.float().cpu()
-        alphas = out.alphas.float().cpu()
-        enc_lens = out.encoder_lengths.cpu()
-        for b in range(len(waves)):
-            n, t = int(token_num[b]), int(enc_lens[b])
-            # the utterance's own fires/alphas incl. its tail slot, as FunASR 1.4.16 passes them
-            results.append(
-                postprocess(ids[b, :n].tolist(), self.tokens, fires[b, : t + 1], alphas[b, : t + 1], timestamps=timestamps)
-            )
-        return results
+    def transcribe_iter(self, inputs, *, keys: Sequence[str] | None = None, **options) -> Iterator[tuple[int, dict]]:
+        """Like `transcribe`, but yields (input index, result) as soon as each input is done."""
+        if isinstance(inputs, (str, os.PathLike, np.ndarray, torch.Tensor)):
+            inputs = [inputs]
+        yield from self.engine(**options).run(list(inputs), keys)
 
-    def transcribe(self, inputs, *, batch_size: int = 8, timestamps: bool = False, keys: Sequence[str] | None = None) -> list[dict]:
-        """Transcribe files or arrays. inputs: a path/array or a list of them. Returns one dict per input, in
-        input order: {"key", "text", "token_ids"} (+ "timestamp" when timestamps=True), or {"key", "error"}
-        for an input that could not be read (the others are still transcribed)."""
+    def transcribe(self, inputs, *, batch_size: int | None = None, timestamps: bool = False, keys: Sequence[str] | None = None,
+                   **options) -> list[dict]:
+        """Transcribe files or arrays (16 kHz float in [-1, 1], or integer PCM). inputs: one path/array or a list.
+
+        Returns one dict per input, in input order: {"key", "text", "token_ids"} (+ "timestamp" when
+        timestamps=True, and "segments"/"note" for long inputs that were cut), or {"key", "error"} for an input
+        that could not be read (the others are still transcribed). batch_size caps the utterances per batch;
+        other options (max_batch_frames, long_audio_s, segmenter, window_s, progress, ...) go to the engine.
+        """
         if isinstance(inputs, (str, os.PathLike, np.ndarray, torch.Tensor)):
             inputs = [inputs]
         inputs = list(inputs)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        keys = list(keys) if keys is not None else [_key_for(x, i) for i, x in enumerate(inputs)]
         results: list[dict | None] = [None] * len(inputs)
-        waves = {}
-        for i, item in enumerate(inputs):
-            try:
-                waves[i] = self._read(item)
-            except AudioError as e:
-                results[i] = {"key": keys[i], "error": str(e)}
-        order = sorted(waves, key=lambda i: waves[i].numel(), reverse=True)
-        for s in range(0, len(order), batch_size):
-            idx = order[s : s + batch_size]
-            for i, r in zip(idx, self.recognize_waves([waves[i] for i in idx], timestamps=timestamps)):
-                results[i] = {"key": keys[i], **r}
+        for i, r in self.transcribe_iter(inputs, keys=keys, timestamps=timestamps, batch_size=batch_size, **options):
+            results[i] = r
         return results  # type: ignore[return-value]
 
 

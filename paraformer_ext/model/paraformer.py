@@ -77,16 +77,20 @@ class Paraformer(nn.Module):
         return self.decoder(encoder_out, encoder_lengths, acoustic_embeds.to(self.dtype), token_num)
 
     @torch.no_grad()
-    def greedy(self, features: torch.Tensor, lengths: torch.Tensor) -> GreedyOutput:
+    def greedy(self, features: torch.Tensor, lengths: torch.Tensor, timer=None) -> GreedyOutput:
         """The whole inference path of FunASR's Paraformer.inference for a padded batch (spec §1.3),
-        except that every item gets exactly its batch-1 result (see predictor.py)."""
+        except that every item gets exactly its batch-1 result (see predictor.py).
+        timer: optional object with mark(stage) called after "encoder", "predictor" and "decoder"."""
+        mark = timer.mark if timer is not None else (lambda stage: None)
         lengths = lengths.to(features.device)
         enc = self.encode(features, lengths)
         if bool((lengths < enc.size(1)).any()):
             # padded frames hold garbage; zero them so nothing downstream can read it (NaN-proof)
             valid = torch.arange(enc.size(1), device=enc.device)[None, :] < lengths[:, None]
             enc = enc.masked_fill(~valid[:, :, None], 0.0)
+        mark("encoder")
         pred = self.predictor(enc, lengths)
+        mark("predictor")
         N = pred.acoustic_embeds.size(1)
         B = features.size(0)
         if N == 0:
@@ -95,6 +99,7 @@ class Paraformer(nn.Module):
         logits = self.decode_logits(enc, lengths, pred.acoustic_embeds, pred.token_num)
         logp = torch.log_softmax(logits.float(), dim=-1)
         best, ids = logp.max(dim=-1)
+        mark("decoder")
         return GreedyOutput(ids, best, pred.token_num, enc, lengths, pred.alphas, pred.fires, pred.acoustic_embeds)
 
 

@@ -1,0 +1,325 @@
+"""The batched inference engine: many files or arrays → results, fast and in bounded memory.
+
+Plan, then run:
+* every input becomes one or more segments (the whole input, or VAD speech segments / fixed windows when it
+  is longer than `long_audio_s`); only lengths are known at planning time (file headers), audio is read
+  lazily, batch by batch, so host memory does not grow with the number of files;
+* segments are sorted by length and packed into batches under a padded-frame budget (`max_batch_frames`
+  LFR frames including padding, at most `max_batch_size` segments);
+* a batch is read into pinned memory, copied without blocking, and runs frontend → encoder → predictor/CIF
+  → decoder on the device; weights stay resident in the model's dtype;
+* a CUDA out-of-memory error splits the batch in two and retries;
+* results stream out as inputs complete (`Engine.run` yields (index, result)); the model gives every item
+  of a padded batch its batch-1 result, so batching never changes a transcript.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .audio import AudioError, load_audio, read_audio_range, audio_num_samples
+from .text import postprocess
+
+SAMPLE_RATE = 16000
+
+
+@dataclass
+class EngineOptions:
+    """max_batch_frames: padded LFR frames per batch (None: 12,000 on CUDA, 3,000 on CPU); max_batch_size: segments
+    per batch; long_audio_s: inputs longer than this are cut (VAD segments, else fixed windows of window_s)."""
+
+    max_batch_frames: int | None = None
+    max_batch_size: int = 256
+    long_audio_s: float = 20.0
+    segmenter: str = "vad"  # "vad" | "window" | "none"
+    window_s: float = 30.0
+    timestamps: bool = False
+    progress: bool = False
+    profile: bool = False
+    vad_model_dir: str | None = None
+
+
+@dataclass
+class Source:
+    """One input: a file path (read lazily) or an in-memory waveform (16 kHz after resampling)."""
+
+    index: int
+    key: str
+    path: str | None
+    wave: torch.Tensor | None
+    num_samples: int  # at 16 kHz
+    error: str | None = None
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        if self.wave is not None:
+            return self.wave[start:stop]
+        return read_audio_range(self.path, start, stop, target_sr=SAMPLE_RATE)
+
+
+@dataclass
+class Segment:
+    src: Source
+    part: int
+    start: int
+    stop: int
+
+    @property
+    def num_samples(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass
+class _Pending:
+    parts: int
+    notes: list = field(default_factory=list)
+    segments: list = field(default_factory=list)
+    results: dict = field(default_factory=dict)
+
+
+def lfr_frames(num_samples: int, frame_length: int = 400, frame_shift: int = 160, lfr_n: int = 6) -> int:
+    """LFR frames WavFrontend produces for a clip (short clips get a shortened window, so >= 1 frame)."""
+    fb = 1 if num_samples < frame_length else 1 + (num_samples - frame_length) // frame_shift
+    return -(-fb // lfr_n)
+
+
+def key_for(item, index: int) -> str:
+    """FunASR's key: the file name without extension; arrays get array_<index>."""
+    if isinstance(item, (str, os.PathLike)):
+        name = Path(item).name
+        return name.split(".")[0] if name else str(item)
+    return f"array_{index}"
+
+
+class StageTimer:
+    """Wall time per stage, synchronising the device at each mark when profiling."""
+
+    def __init__(self, device: torch.device, enabled: bool):
+        self.device, self.enabled = device, enabled
+        self.totals: dict[str, float] = defaultdict(float)
+        self._t = time.perf_counter()
+
+    def mark(self, stage: str) -> None:
+        if not self.enabled:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.totals[stage] += now - self._t
+        self._t = now
+
+    def restart(self) -> None:
+        if self.enabled and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self._t = time.perf_counter()
+
+
+class Engine:
+    def __init__(self, recognizer, options: EngineOptions | None = None):
+        self.asr = recognizer
+        self.opt = options or EngineOptions()
+        self.device = recognizer.device
+        if self.opt.max_batch_frames is None:
+            self.opt.max_batch_frames = 12000 if self.device.type == "cuda" else 3000
+        if self.opt.max_batch_frames < 1 or self.opt.max_batch_size < 1:
+            raise ValueError("max_batch_frames and max_batch_size must be >= 1")
+        if self.opt.segmenter not in ("vad", "window", "none"):
+            raise ValueError(f"segmenter must be 'vad', 'window' or 'none', got {self.opt.segmenter!r}")
+        self.timer = StageTimer(self.device, self.opt.profile)
+        self.oom_splits = 0
+        self._vad = None
+        fc = recognizer.frontend.cfg
+        self._frame = (int(fc.frame_length * fc.fs / 1000), int(fc.frame_shift * fc.fs / 1000), fc.lfr_n)
+
+    # --- planning --------------------------------------------------------------------------------------
+
+    def _source(self, item, index: int, key: str) -> Source:
+        try:
+            if isinstance(item, (str, os.PathLike)):
+                n = audio_num_samples(item, target_sr=SAMPLE_RATE)
+                src = Source(index, key, os.fspath(item), None, n)
+            else:
+                w = load_audio(item, target_sr=SAMPLE_RATE)
+                src = Source(index, key, None, w, w.numel())
+            if src.num_samples < self.asr.min_samples:
+                what = src.path or "array input"
+                raise AudioError(
+                    f"{what}: audio is {src.num_samples} samples ({1000 * src.num_samples / SAMPLE_RATE:.1f} ms), shorter than "
+                    f"one {self.asr.frontend.cfg.frame_length:g} ms analysis frame ({self.asr.min_samples} samples); nothing to transcribe"
+                )
+            return src
+        except AudioError as e:
+            return Source(index, key, None, None, 0, error=str(e))
+
+    def _vad_model(self):
+        if self._vad is None:
+            from .vad import FsmnVad
+
+            self._vad = FsmnVad.load(self.opt.vad_model_dir, device=self.device)
+        return self._vad
+
+    def _segments(self, src: Source, pending: _Pending) -> list[Segment]:
+        n = src.num_samples
+        if n <= self.opt.long_audio_s * SAMPLE_RATE or self.opt.segmenter == "none":
+            return [Segment(src, 0, 0, n)]
+        spans: list[tuple[int, int]] | None = None
+        if self.opt.segmenter == "vad":
+            try:
+                vad = self._vad_model()
+                audio = src.path if src.path is not None else src.wave
+                spans = [(s * SAMPLE_RATE // 1000, min(n, e * SAMPLE_RATE // 1000)) for s, e in vad.segments(audio)]
+            except (OSError, RuntimeError, ValueError) as e:
+                pending.notes.append(f"VAD unavailable ({e}); split into fixed {self.opt.window_s:g} s windows instead")
+        if spans is None:
+            w = int(self.opt.window_s * SAMPLE_RATE)
+            spans = [(s, min(n, s + w)) for s in range(0, n, w)]
+            if not pending.notes:
+                pending.notes.append(f"longer than {self.opt.long_audio_s:g} s: split into fixed {self.opt.window_s:g} s windows (no VAD)")
+        spans = [(s, e) for s, e in spans if e - s >= self.asr.min_samples]
+        pending.segments = [[s * 1000 // SAMPLE_RATE, e * 1000 // SAMPLE_RATE] for s, e in spans]
+        return [Segment(src, i, s, e) for i, (s, e) in enumerate(spans)]
+
+    def plan(self, segments: Sequence[Segment]) -> list[list[Segment]]:
+        """Longest first, packed under the padded-frame budget."""
+        order = sorted(segments, key=lambda s: s.num_samples, reverse=True)
+        batches: list[list[Segment]] = []
+        cur: list[Segment] = []
+        cur_max = 0
+        for seg in order:
+            t = lfr_frames(seg.num_samples, *self._frame)
+            if cur and ((len(cur) + 1) * max(cur_max, t) > self.opt.max_batch_frames or len(cur) >= self.opt.max_batch_size):
+                batches.append(cur)
+                cur, cur_max = [], 0
+            cur.append(seg)
+            cur_max = max(cur_max, t)
+        if cur:
+            batches.append(cur)
+        return batches
+
+    # --- running ---------------------------------------------------------------------------------------
+
+    def _read_batch(self, batch: Sequence[Segment]) -> tuple[torch.Tensor, torch.Tensor]:
+        lengths = torch.tensor([s.num_samples for s in batch], dtype=torch.long)
+        pin = self.device.type == "cuda"
+        host = torch.zeros(len(batch), int(lengths.max()), dtype=torch.float32, pin_memory=pin)
+        for i, s in enumerate(batch):
+            host[i, : s.num_samples] = s.src.read(s.start, s.stop)
+        return host.to(self.device, non_blocking=True), lengths.to(self.device, non_blocking=True)
+
+    @torch.no_grad()
+    def _run_batch(self, batch: Sequence[Segment]) -> list[dict]:
+        self.timer.restart()
+        wave, lengths = self._read_batch(batch)
+        self.timer.mark("read")
+        feats, flens = self.asr.frontend(wave, lengths)
+        self.timer.mark("frontend")
+        out = self.asr.model.greedy(feats, flens, timer=self.timer)
+        res = []
+        token_num = out.token_num.cpu()
+        ids = out.token_ids.cpu()
+        fires = out.fires.float().cpu()
+        alphas = out.alphas.float().cpu()
+        enc_lens = out.encoder_lengths.cpu()
+        for b in range(len(batch)):
+            n, t = int(token_num[b]), int(enc_lens[b])
+            res.append(postprocess(ids[b, :n].tolist(), self.asr.tokens, fires[b, : t + 1], alphas[b, : t + 1],
+                                   timestamps=self.opt.timestamps))
+        self.timer.mark("text")
+        return res
+
+    def _run_with_oom_split(self, batch: Sequence[Segment]) -> list[dict]:
+        try:
+            return self._run_batch(batch)
+        except torch.cuda.OutOfMemoryError:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if len(batch) == 1:
+                raise
+            self.oom_splits += 1
+            half = len(batch) // 2
+            return self._run_with_oom_split(batch[:half]) + self._run_with_oom_split(batch[half:])
+
+    def run(self, inputs: Sequence, keys: Sequence[str] | None = None) -> Iterator[tuple[int, dict]]:
+        """Yield (input index, result) as inputs complete. A result is {"key", "text", "token_ids"}
+        (+ "timestamp"), plus "segments" and "note" when the input was cut; {"key", "error"} when it could
+        not be read."""
+        keys = list(keys) if keys is not None else [key_for(x, i) for i, x in enumerate(inputs)]
+        pending: dict[int, _Pending] = {}
+        segments: list[Segment] = []
+        total_s = 0.0
+        for i, item in enumerate(inputs):
+            src = self._source(item, i, keys[i])
+            if src.error is not None:
+                yield i, {"key": src.key, "error": src.error}
+                continue
+            p = _Pending(0)
+            try:
+                segs = self._segments(src, p)
+            except AudioError as e:
+                yield i, {"key": src.key, "error": str(e)}
+                continue
+            p.parts = len(segs)
+            pending[i] = p
+            total_s += src.num_samples / SAMPLE_RATE
+            if not segs:  # a long input with no speech: an empty result, not an error
+                pending.pop(i)
+                yield i, self._assemble(src, p)
+                continue
+            segments.extend(segs)
+        bar = None
+        if self.opt.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=round(total_s, 1), unit="s", desc="audio", dynamic_ncols=True, leave=True)
+        files_done = 0
+        for batch in self.plan(segments):
+            try:
+                results = self._run_with_oom_split(batch)
+            except AudioError as e:  # a file that fails mid-way (truncated, changed): report it, go on
+                results = [e] * len(batch)
+            for seg, r in zip(batch, results):
+                i = seg.src.index
+                if i not in pending:
+                    continue
+                p = pending[i]
+                if isinstance(r, AudioError):
+                    pending.pop(i)
+                    yield i, {"key": seg.src.key, "error": str(r)}
+                    continue
+                p.results[seg.part] = r
+                if bar is not None:
+                    bar.update(round(seg.num_samples / SAMPLE_RATE, 1))
+                if len(p.results) == p.parts:
+                    pending.pop(i)
+                    files_done += 1
+                    if bar is not None:
+                        bar.set_postfix(files=files_done)
+                    yield i, self._assemble(seg.src, p)
+        if bar is not None:
+            bar.close()
+
+    def _assemble(self, src: Source, p: _Pending) -> dict:
+        """Join the segments of one input as FunASR's VAD pipeline does: texts joined by a space,
+        timestamps offset by the segment start (ms)."""
+        parts = [p.results[k] for k in sorted(p.results)]
+        if len(parts) == 1 and not p.segments:
+            return {"key": src.key, **parts[0]}
+        starts = [s for s, _ in p.segments] if p.segments else [0] * len(parts)
+        out = {"key": src.key, "text": " ".join(r["text"] for r in parts if r["text"]), "token_ids": []}
+        if self.opt.timestamps:
+            out["timestamp"] = []
+        for r, off in zip(parts, starts):
+            out["token_ids"].extend(r["token_ids"])
+            if self.opt.timestamps:
+                out["timestamp"].extend([[a + off, b + off] for a, b in r["timestamp"]])
+        out["segments"] = p.segments
+        if p.notes:
+            out["note"] = "; ".join(p.notes)
+        return out

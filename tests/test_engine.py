@@ -1,0 +1,133 @@
+"""The batched engine: any batching gives every input its batch-1 result, in input order; lazy reading;
+long inputs cut into segments with offset timestamps; OOM splits; progress."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from conftest import SHARED, golden_checkpoint, needs_shared
+from paraformer_ext import load, load_audio
+from paraformer_ext.audio import audio_num_samples, read_audio_range
+from paraformer_ext.engine import Engine, EngineOptions, lfr_frames
+
+pytestmark = needs_shared
+
+
+@pytest.fixture(scope="module")
+def asr():
+    return load(golden_checkpoint("small"), kernels=False)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    """12 clips of 0.5-8 s cut from the shared audio, as files (some 8 kHz / stereo) and arrays."""
+    d = tmp_path_factory.mktemp("clips")
+    speech = torch.cat([load_audio(SHARED / "audio" / f) for f in ("asr_example.wav", "mid.wav", "long.wav")])
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(12):
+        n = int(rng.uniform(0.5, 8.0) * 16000)
+        s = int(rng.integers(0, speech.numel() - n))
+        x = speech[s : s + n]
+        if i % 4 == 0:
+            items.append(x.numpy())  # array input
+            continue
+        p = d / f"clip{i:02d}.wav"
+        data = (x.numpy() * 32768).round().clip(-32768, 32767).astype(np.int16)
+        if i % 4 == 1:
+            sf.write(p, np.stack([data, data], 1), 16000, subtype="PCM_16")  # stereo
+        else:
+            sf.write(p, data, 16000, subtype="PCM_16")
+        items.append(str(p))
+    return items
+
+
+def test_any_batching_gives_batch1_results_in_order(asr, clips):
+    single = [asr.transcribe([c], timestamps=True)[0] for c in clips]
+    keys = [f"array_{i}" if not isinstance(c, str) else c.rsplit("/", 1)[1][:-4] for i, c in enumerate(clips)]
+    strip = lambda r: {k: v for k, v in r.items() if k != "key"}  # noqa: E731
+    for opts in [dict(max_batch_frames=300), dict(max_batch_frames=10**6), dict(batch_size=3)]:
+        got = asr.transcribe(clips, timestamps=True, **opts)
+        assert [r["key"] for r in got] == keys
+        assert [strip(r) for r in got] == [strip(r) for r in single]
+
+
+def test_frame_budget_is_respected(asr, clips):
+    eng = asr.engine(max_batch_frames=400)
+    segs = []
+    for i, c in enumerate(clips):
+        src = eng._source(c, i, str(i))
+        segs += eng._segments(src, __import__("paraformer_ext.engine", fromlist=["_Pending"])._Pending(0))
+    batches = eng.plan(segs)
+    assert sum(len(b) for b in batches) == len(clips)
+    for b in batches:
+        longest = max(lfr_frames(s.num_samples) for s in b)
+        assert len(b) == 1 or len(b) * longest <= 400
+    lens = [max(s.num_samples for s in b) for b in batches]
+    assert lens == sorted(lens, reverse=True)  # longest first
+
+
+def test_streaming_reads_lazily(asr, clips, monkeypatch):
+    reads = []
+    import paraformer_ext.engine as engine_mod
+
+    real = engine_mod.read_audio_range
+    monkeypatch.setattr(engine_mod, "read_audio_range", lambda p, a, b, **k: reads.append(p) or real(p, a, b, **k))
+    files = [c for c in clips if isinstance(c, str)]
+    it = asr.transcribe_iter(files, batch_size=2)
+    first = next(it)
+    assert len(reads) <= 2  # one batch read, not all files
+    rest = list(it)
+    assert len(rest) + 1 == len(files) and len(reads) == len(files)
+    assert {i for i, _ in rest} | {first[0]} == set(range(len(files)))
+
+
+def test_oom_splits_batches(asr, clips, monkeypatch):
+    eng = asr.engine(timestamps=False)
+    real = eng._run_batch
+
+    def flaky(batch):
+        if len(batch) > 2:
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return real(batch)
+
+    monkeypatch.setattr(eng, "_run_batch", flaky)
+    got = dict(eng.run(clips))
+    assert eng.oom_splits > 0
+    assert [got[i] for i in range(len(clips))] == asr.transcribe(clips, batch_size=1)
+
+
+def test_long_input_windows_and_offsets(asr, tmp_path):
+    """A 25 s input (over the 20 s threshold) is cut into 10 s windows; each window's timestamps are offset."""
+    x = torch.cat([load_audio(SHARED / "audio" / "long.wav")] * 3 + [load_audio(SHARED / "audio" / "asr_example.wav")])
+    r = asr.transcribe([x.numpy()], timestamps=True, segmenter="window", window_s=10.0)[0]
+    n = x.numel()
+    assert r["segments"] == [[0, 10000], [10000, 20000], [20000, n * 1000 // 16000]]
+    assert "fixed 10 s windows" in r["note"]
+    parts = [asr.transcribe([x[i * 160000 : (i + 1) * 160000].numpy()], timestamps=True)[0] for i in range(3)]
+    assert r["token_ids"] == sum((p["token_ids"] for p in parts), [])
+    assert r["text"] == " ".join(p["text"] for p in parts)
+    assert r["timestamp"] == sum(([[a + 10000 * k, b + 10000 * k] for a, b in p["timestamp"]] for k, p in enumerate(parts)), [])
+
+
+def test_progress_bar_runs(asr, clips, capsys):
+    asr.transcribe(clips[:3], progress=True)
+    assert "audio" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sr", [16000, 8000, 44100, 22050])
+def test_read_audio_range_equals_slices(tmp_path, sr):
+    rng = np.random.default_rng(sr)
+    data = (rng.standard_normal((sr * 3, 2)) * 3000).astype(np.int16)
+    p = tmp_path / f"x{sr}.wav"
+    sf.write(p, data, sr, subtype="PCM_16")
+    whole = load_audio(p)
+    assert audio_num_samples(p) == whole.numel()
+    for a, b in [(0, 100), (1234, 17777), (16000, 32000), (whole.numel() - 500, whole.numel()), (5, 5)]:
+        part = read_audio_range(p, a, b)
+        assert part.shape == (b - a,)
+        assert torch.allclose(part, whole[a:b], atol=1e-6)
+    with pytest.raises(ValueError, match="outside"):
+        read_audio_range(p, 0, whole.numel() + 1)
