@@ -104,6 +104,11 @@ def test_array_inputs(vad, golden, wavs):
     pcm, sr = sf.read(wavs["vad_62s"], dtype="int16")
     assert vad.segments(pcm) == info["segments"]["default"]  # int16 is scaled by load_audio
     assert vad.segments(torch.from_numpy(pcm.astype(np.float32) / 32768)) == info["segments"]["default"]
+    assert vad.segments(wavs["vad_62s"].read_bytes(), 800) == info["segments"]["fixed800"]  # encoded bytes
+    with open(wavs["vad_62s"], "rb") as fobj:
+        assert vad.segments(fobj) == info["segments"]["default"]
+    stereo = np.stack([pcm, pcm])  # (C, N) arrays are averaged to mono by load_audio
+    assert vad.segments(stereo) == info["segments"]["default"]
     # another sample rate: resampled to 16 kHz first (as load_audio does for files)
     x48 = resample(torch.from_numpy(pcm.astype(np.float32) / 32768), 16000, 48000)
     from_48k = vad.segments(x48, sample_rate=48000)

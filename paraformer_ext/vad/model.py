@@ -292,9 +292,11 @@ class FsmnVad:
     ) -> Iterator[list[int]]:
         """Yield [start_ms, end_ms] as each segment is decided, reading `audio` chunk by chunk.
 
-        audio: a file path (streamed from disk when it is 16 kHz; other rates are loaded whole and
-        resampled), a 1-D float array / tensor in [−1, 1] (16 kHz unless `sample_rate` says otherwise),
-        or an iterable of such 16 kHz pieces. Raises AudioError for unreadable audio.
+        audio: a file path (read from disk piece by piece; other rates than 16 kHz are resampled on the
+        fly), the bytes of an audio file or a binary file object (read whole), samples as a numpy array
+        or torch tensor ((N,) or channels × samples, float in [−1, 1] or integer PCM; 16 kHz unless
+        `sample_rate` says otherwise; see `paraformer_ext.audio.load_audio`), or an iterable of 1-D
+        16 kHz float pieces. Raises AudioError for unreadable audio.
         """
         st = self.stream(max_end_silence_time, speech_noise_thres=speech_noise_thres)
         for piece in self._pieces(audio, sample_rate, chunk_seconds):
@@ -364,6 +366,13 @@ class FsmnVad:
         n = max(1, int(round(chunk_seconds * _SAMPLE_RATE)))
         if _is_path(audio):
             yield from _file_pieces(Path(audio), n)
+            return
+        if isinstance(audio, (list, tuple)) and audio and isinstance(audio[0], (int, float, np.number)):
+            audio = np.asarray(audio, dtype=np.float32)  # a plain list of samples
+        if isinstance(audio, (bytes, bytearray, memoryview)) or hasattr(audio, "read"):
+            x = load_audio(audio, target_sr=_SAMPLE_RATE)  # an encoded file in memory: read whole
+            for i in range(0, x.numel(), n):
+                yield x[i : i + n]
             return
         if isinstance(audio, (np.ndarray, torch.Tensor)):
             if audio.size == 0 if isinstance(audio, np.ndarray) else audio.numel() == 0:

@@ -44,19 +44,6 @@ DYNAMIC_SPEECH_NOISE_THRES = 0.5
 SPEECH2SPEECH, SPEECH2SIL, SIL2SIL, SIL2SPEECH = 0, 1, 2, 3
 _START, _IN_SPEECH, _DONE = 0, 1, 2
 
-# model_conf keys FunASR accepts but that cannot change a segment in this code path (spec §1.1).
-_NO_EFFECT = {
-    "snr_mode",
-    "do_start_point_detection",
-    "do_end_point_detection",
-    "speech_noise_thresh_low",
-    "speech_noise_thresh_high",
-    "output_frame_probs",
-    "nn_eval_block_size",
-    "dcd_block_size",
-}
-
-
 def frame_count(num_samples: int, frame_length: int = 400, frame_shift: int = 160) -> int:
     """Kaldi snip_edges frame count: 1 + (N − L) // S for N ≥ L, else 0 (the VAD never shortens the window)."""
     return 0 if num_samples < frame_length else 1 + (num_samples - frame_length) // frame_shift
@@ -95,7 +82,10 @@ class VadOptions:
 
     @classmethod
     def from_config(cls, model_conf: dict | None) -> "VadOptions":
-        """Build from config.yaml's `model_conf`. Keys FunASR ignores are accepted and listed in `ignored`."""
+        """Build from config.yaml's `model_conf`. Keys that cannot change a segment in FunASR's offline path
+        (snr_mode, do_start/end_point_detection, speech_noise_thresh_low/high, output_frame_probs,
+        nn_eval_block_size, dcd_block_size; spec §1.1) or that FunASR does not know are accepted, as FunASR
+        accepts them, and listed in `ignored`."""
         conf = dict(model_conf or {})
         known = {f.name for f in fields(cls)} - {"ignored"}
         kwargs, ignored = {}, []
