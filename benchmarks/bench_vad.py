@@ -204,7 +204,7 @@ def main(argv=None) -> int:
     }
     print(f"4-minute file ({dur:.1f} s) on {res['device']}, {res['threads']} threads: best {min(times):.3f} s "
           f"(RTF {res['rtf_best']:.4f}, {dur / min(times):.0f}x real time), median RTF {res['rtf_median']:.4f}")
-    print(f"  stages: " + ", ".join(f"{k} {v:.3f} s" for k, v in split.items()))
+    print("  stages: " + ", ".join(f"{k} {v:.3f} s" for k, v in split.items()))
     if args.long:
         res["long"] = []
         for minutes in [4.0] + list(args.long):
