@@ -260,3 +260,11 @@ def test_window_states_are_recorded():
     pp.accept(p, final=True)
     cs = pp.change_states
     assert cs[:44] == [SIL2SIL] * 44 and cs[44] == SIL2SPEECH  # 15th speech frame in the window
+
+
+def test_unusable_fixed_settings_are_rejected():
+    # do_extend 0 with a negative end silence would end segments in the future (FunASR crashes there)
+    with pytest.raises(ValueError, match="do_extend 0"):
+        VadPostprocessor(VadOptions(do_extend=0), 100)
+    VadPostprocessor(VadOptions(do_extend=0), 150)
+    VadPostprocessor(VadOptions(), 0)  # with do_extend the lookback is clamped at 0: fine

@@ -191,6 +191,12 @@ class VadPostprocessor:
         met = o.max_end_silence_time if max_end_silence_time is None else max_end_silence_time
         # FunASR's max_end_sil_frame_cnt_thresh, which despite its name is in ms.
         self.end_sil_ms = met - o.speech_to_sil_time_thres
+        if not self.dynamic and not o.do_extend and self.end_sil_ms < 0:
+            # the end-point lookback would point past the current frame (FunASR then fails or misbehaves)
+            raise ValueError(
+                f"with do_extend 0, max_end_silence_time ({met}) must be at least speech_to_sil_time_thres "
+                f"({o.speech_to_sil_time_thres})"
+            )
         self.thr = float(o.speech_noise_thres if speech_noise_thres is None else speech_noise_thres)
         fms = o.frame_in_ms
         self._fms = fms
