@@ -26,11 +26,11 @@ def golden(preset: str, wav: str):
 _cache: dict = {}
 
 
-def recognizer(preset: str, kernels: bool):
-    key = (preset, kernels)
+def recognizer(preset: str, kernels: bool, device="cpu"):
+    key = (preset, kernels, str(device))
     if key not in _cache:
         _cache.clear()  # keep one model in memory at a time (large is 880 MB)
-        _cache[key] = load(golden_checkpoint(preset), device="cpu", kernels=kernels)
+        _cache[key] = load(golden_checkpoint(preset), device=device, kernels=kernels)
     return _cache[key]
 
 
@@ -74,9 +74,9 @@ def test_model_from_golden_features(preset, kernels):
 
 @pytest.mark.parametrize("kernels", KERNELS, ids=lambda k: "kernels" if k else "reference")
 @pytest.mark.parametrize("preset", PRESETS)
-def test_end_to_end_from_audio(preset, kernels):
+def test_end_to_end_from_audio(preset, kernels, device):
     """wav file in; features, token ids, text, text with timestamps and timestamps (ms) out, exactly."""
-    asr = recognizer(preset, kernels)
+    asr = recognizer(preset, kernels, device)
     paths = [str(SHARED / "audio" / f"{w}.wav") for w in WAVS]
     plain = asr.transcribe(paths, batch_size=1)
     with_ts = asr.transcribe(paths, batch_size=1, timestamps=True)
@@ -88,8 +88,8 @@ def test_end_to_end_from_audio(preset, kernels):
         assert r1["text"] == j["text_with_timestamps"]
         assert r1["timestamp"] == j["timestamps"]
         waves = load_audio(paths[WAVS.index(wav)])
-        feats, _ = asr.frontend(waves[None], torch.tensor([waves.numel()]))
-        assert np.abs(feats[0].numpy() - g["features"]).max() < 1e-3
+        feats, _ = asr.frontend(waves[None].to(device), torch.tensor([waves.numel()], device=device))
+        assert np.abs(feats[0].cpu().numpy() - g["features"]).max() < 1e-3
 
 
 @pytest.mark.parametrize("kernels", KERNELS, ids=lambda k: "kernels" if k else "reference")
