@@ -11,11 +11,12 @@ import io
 import math
 import os
 import warnings
+from typing import Iterator
 
 import numpy as np
 import torch
 
-__all__ = ["AudioError", "load_audio", "resample", "audio_num_samples", "read_audio_range"]
+__all__ = ["AudioError", "load_audio", "resample", "audio_num_samples", "read_audio_range", "iter_audio_file", "StreamResampler"]
 
 
 class AudioError(ValueError):
@@ -49,6 +50,14 @@ def _sinc_kernel(orig: int, new: int, k0: int, k1: int, lowpass_filter_width: in
     return (sinc * window * (base / orig)).to(torch.float32)
 
 
+def _blocks(orig_sr: int, new_sr: int, lowpass_filter_width: int, rolloff: float) -> tuple[int, int, int]:
+    """The resampler's block geometry: gcd-reduced rates (orig, new) and the kernel half-width, so that
+    output block j (samples [j·new, (j+1)·new)) reads input [j·orig − width, j·orig + width + orig)."""
+    g = math.gcd(orig_sr, new_sr)
+    orig, new = orig_sr // g, new_sr // g
+    return orig, new, math.ceil(lowpass_filter_width * orig / (min(orig, new) * rolloff))
+
+
 def _check_rate(name, v) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer, float)) or not float(v).is_integer() or v <= 0:
         raise ValueError(f"{name} must be a positive whole number of Hz, got {v!r}")
@@ -77,12 +86,10 @@ def resample(wave: torch.Tensor, orig_sr: int, new_sr: int, *, lowpass_filter_wi
         raise ValueError(f"rolloff must be in (0, 1], got {rolloff!r}")
     if orig_sr == new_sr:
         return wave
-    g = math.gcd(orig_sr, new_sr)
-    orig, new = orig_sr // g, new_sr // g
+    orig, new, width = _blocks(orig_sr, new_sr, lowpass_filter_width, rolloff)
     x = wave if wave.dim() == 2 else wave[None]
     B, N = x.shape
     out_len = -(-new * N // orig)
-    width = math.ceil(lowpass_filter_width * orig / (min(orig, new) * rolloff))
     K = 2 * width + orig
     xp = torch.nn.functional.pad(x, (width, width + orig))
     blocks = xp.unfold(1, K, orig)  # (B, J, K) view: block j starts at input sample j·orig − width
@@ -160,10 +167,13 @@ def _read_file(src, what: str) -> tuple[torch.Tensor, int]:
                          f"e.g. wav, flac, ogg, mp3)") from e
     if data.shape[0] == 0:
         raise AudioError(f"audio {what} is empty (0 samples)")
-    x = torch.from_numpy(data)  # (N, C)
-    # averaged in float32 like FunASR's soundfile path (torch mean over the channel axis)
-    x = x[:, 0].contiguous() if x.size(1) == 1 else x.mean(dim=1)
-    return x, int(sr)
+    return _mono_frames(data), int(sr)
+
+
+def _mono_frames(data: np.ndarray) -> torch.Tensor:
+    """soundfile's (N, C) float32 frames → (N,), channels averaged in float32 like FunASR's soundfile path."""
+    x = torch.from_numpy(data)
+    return x[:, 0].contiguous() if x.size(1) == 1 else x.mean(dim=1)
 
 
 def load_audio(path_or_array, sample_rate: int | None = None, target_sr: int = 16000) -> torch.Tensor:
@@ -278,19 +288,96 @@ def read_audio_range(path, start: int, stop: int, target_sr: int = 16000, *, low
     if sr == target_sr:
         s0, e0, skip = start, stop, start
     else:
-        g = math.gcd(sr, target_sr)
-        o, nw = sr // g, target_sr // g
-        width = math.ceil(lowpass_filter_width * o / (min(o, nw) * rolloff))
+        o, nw, width = _blocks(sr, target_sr, lowpass_filter_width, rolloff)
         j0 = max(0, start // nw - (-(-width // o)))
         s0, e0, skip = j0 * o, min(n, -(-stop // nw) * o + width), j0 * nw
     try:
         data = sf.read(path, start=s0, stop=e0, dtype="float32", always_2d=True)[0]
     except Exception as e:
         raise AudioError(f"cannot read audio {what}: {e}") from e
-    x = torch.from_numpy(data)
-    x = x[:, 0].contiguous() if x.size(1) == 1 else x.mean(dim=1)  # as _read_file
+    x = _mono_frames(data)
     if not bool(torch.isfinite(x).all()):
         raise AudioError(f"{what} has NaN or infinite samples")
     if sr != target_sr:
         x = resample(x, sr, target_sr, lowpass_filter_width=lowpass_filter_width, rolloff=rolloff)
     return x[start - skip : stop - skip].contiguous()
+
+
+def iter_audio_file(path, n: int, target_sr: int = 16000) -> Iterator[torch.Tensor]:
+    """A file's 16 kHz mono samples, about n at a time, as `load_audio` gives them, read from disk piece by
+    piece (other sample rates are resampled on the fly by `StreamResampler`). What soundfile cannot open
+    goes to `load_audio`, which reads it whole or says what is wrong."""
+    import soundfile as sf
+
+    try:
+        f = sf.SoundFile(os.fspath(path))
+    except Exception:
+        f = None
+    if f is None:
+        x = load_audio(path, target_sr=target_sr)
+        for i in range(0, x.numel(), n):
+            yield x[i : i + n]
+        return
+    with f:
+        rs = StreamResampler(f.samplerate, target_sr) if f.samplerate != target_sr else None
+        # read about n output samples' worth of input per piece
+        step = max(1, n * f.samplerate // target_sr)
+        while True:
+            try:
+                block = f.read(step, dtype="float32", always_2d=True)
+            except Exception as e:
+                raise AudioError(f"cannot read audio file {os.fspath(path)!r}: {e}") from e
+            if block.shape[0] == 0:
+                break
+            x = _mono_frames(block)
+            if not bool(torch.isfinite(x).all()):
+                raise AudioError(f"audio file {os.fspath(path)!r} has NaN or infinite samples")
+            yield rs.accept(x) if rs is not None else x
+        if rs is not None:
+            yield rs.finish()
+
+
+class StreamResampler:
+    """`paraformer_ext.audio.resample(x, orig_sr, 16000)` of a whole signal, computed piece by piece.
+
+    resample() works on blocks: with the rates reduced by their gcd (orig → new), output samples
+    [j·new, (j+1)·new) come from input samples [j·orig − width, j·orig − width + 2·width + orig) (zeros
+    outside the signal). Each call resamples a window that starts `ctx` samples (a multiple of orig, ≥ width)
+    before the first block still to do, keeps the blocks whose whole input lies inside the window, and
+    carries the rest of the window over. The values equal the one-shot result up to float rounding (the
+    matrix products run over other row counts); the memory is a window, not the file.
+    """
+
+    def __init__(self, orig_sr: int, new_sr: int = 16000, lowpass_filter_width: int = 6, rolloff: float = 0.99):
+        self.sr, self.new_sr = orig_sr, new_sr
+        self.o, self.nw, self.width = _blocks(orig_sr, new_sr, lowpass_filter_width, rolloff)
+        self.kw = dict(lowpass_filter_width=lowpass_filter_width, rolloff=rolloff)
+        self.ctx = -(-self.width // self.o) * self.o
+        self.buf = torch.zeros(0)
+        self.done = 0  # blocks already emitted
+        self.n_in = 0
+        # resample() rebuilds its kernel on every call: wait for about a second of input per call
+        self.min_window = self.ctx + self.width + self.o + orig_sr
+
+    def accept(self, x: torch.Tensor) -> torch.Tensor:
+        self.n_in += x.numel()
+        self.buf = torch.cat([self.buf, x]) if self.buf.numel() else x
+        if self.buf.numel() < self.min_window:
+            return torch.zeros(0)
+        skip = 0 if self.done == 0 else self.ctx // self.o  # blocks of the window already emitted
+        last = (self.buf.numel() - self.width - self.o) // self.o  # last block with all its input here
+        if last < skip:
+            return torch.zeros(0)
+        out = resample(self.buf, self.sr, self.new_sr, **self.kw)[skip * self.nw : (last + 1) * self.nw]
+        self.done += last + 1 - skip
+        start = (last + 1) * self.o - self.ctx  # window offset of the next window's start
+        self.buf = self.buf[start:].clone()
+        return out
+
+    def finish(self) -> torch.Tensor:
+        if self.n_in == 0 or self.buf.numel() == 0:
+            return torch.zeros(0)
+        total = -(-self.nw * self.n_in // self.o)  # resample()'s output length for the whole signal
+        skip = 0 if self.done == 0 else self.ctx // self.o
+        out = resample(self.buf, self.sr, self.new_sr, **self.kw)[skip * self.nw :]
+        return out[: total - self.done * self.nw]

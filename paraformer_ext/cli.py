@@ -116,6 +116,14 @@ def main(argv=None) -> int:
     i = sub.add_parser("info", help="what was compiled (CPU/CUDA kernels, archs, torch version)")
     i.set_defaults(fn=cmd_info)
 
+    sub.add_parser("vad", help="speech segments [[start_ms, end_ms], ...] with FunASR's FSMN-VAD (see `vad --help`)",
+                   add_help=False)
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["vad"]:
+        from .vad.cli import vad_main
+
+        return vad_main(argv[1:])
     a = ap.parse_args(argv)
     t0 = time.time()
     rc = a.fn(a)

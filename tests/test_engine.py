@@ -131,3 +131,25 @@ def test_read_audio_range_equals_slices(tmp_path, sr):
         assert torch.allclose(part, whole[a:b], atol=1e-6)
     with pytest.raises(ValueError, match="outside"):
         read_audio_range(p, 0, whole.numel() + 1)
+
+
+def test_long_input_vad_segments(asr, vad_model_dir):
+    """vad_62s.wav (62 s, over the 20 s threshold): FunASR's VAD segments (default mode), each transcribed as
+    FunASR's VAD pipeline does (the segment's samples alone), texts joined by a space, timestamps offset."""
+    import json
+
+    path = SHARED / "golden" / "vad" / "vad_62s.wav"
+    want = json.loads((SHARED / "golden" / "vad" / "segments.json").read_text())["files"]["vad_62s.wav"]["segments"]["default"]
+    r = asr.transcribe([str(path)], timestamps=True, vad_model_dir=str(vad_model_dir))[0]
+    assert r["segments"] == want and "note" not in r
+    x = load_audio(path)
+    parts = [asr.transcribe([x[s * 16 : e * 16].numpy()], timestamps=True)[0] for s, e in want]
+    assert r["text"] == " ".join(p["text"] for p in parts if p["text"])
+    assert r["token_ids"] == sum((p["token_ids"] for p in parts), [])
+    assert r["timestamp"] == sum(([[a + s, b + s] for a, b in p["timestamp"]] for (s, _), p in zip(want, parts)), [])
+
+
+def test_no_speech_gives_empty_result(asr, vad_model_dir):
+    quiet = np.random.default_rng(1).normal(0, 1e-4, 16000 * 25).astype(np.float32)  # 25 s of faint noise
+    r = asr.transcribe([quiet], vad_model_dir=str(vad_model_dir))[0]
+    assert r["text"] == "" and r["token_ids"] == [] and r["segments"] == []

@@ -138,13 +138,13 @@ def test_file_formats(vad, golden, wavs, tmp_path):
 
 @pytest.mark.parametrize("sr", [8000, 11025, 22050, 44100, 48000])
 def test_stream_resampler_equals_one_shot(sr):
-    from paraformer_ext.vad.model import _StreamResampler
+    from paraformer_ext.audio import StreamResampler
 
     g = torch.Generator().manual_seed(sr)
     rng = np.random.default_rng(sr)
     for n in (0, 1, 7, 1000, 50000, 200000):
         x = torch.randn(n, generator=g) * 0.1
-        rs, outs, i = _StreamResampler(sr), [], 0
+        rs, outs, i = StreamResampler(sr), [], 0
         while i < n:
             k = int(rng.integers(1, 9000))
             outs.append(rs.accept(x[i : i + k]))

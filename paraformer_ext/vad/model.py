@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..audio import AudioError, load_audio, resample
+from ..audio import AudioError, iter_audio_file, load_audio
 from ..frontend import FrontendConfig, apply_cmvn, apply_lfr, kaldi_fbank, load_cmvn
 from .network import FsmnVadEncoder
 from .postprocess import VadOptions, VadPostprocessor, frame_count
@@ -365,7 +365,7 @@ class FsmnVad:
             raise ValueError(f"chunk_seconds must be positive, got {chunk_seconds}")
         n = max(1, int(round(chunk_seconds * _SAMPLE_RATE)))
         if _is_path(audio):
-            yield from _file_pieces(Path(audio), n)
+            yield from iter_audio_file(Path(audio), n, _SAMPLE_RATE)
             return
         if isinstance(audio, (list, tuple)) and audio and isinstance(audio[0], (int, float, np.number)):
             audio = np.asarray(audio, dtype=np.float32)  # a plain list of samples
@@ -404,88 +404,3 @@ def _check_frontend(cfg: FrontendConfig, opts: VadOptions, d: Path) -> None:
         )
     if not cfg.snip_edges:
         raise ValueError(f"{where}: snip_edges must be true (FunASR's VAD frontend)")
-
-
-def _file_pieces(path: Path, n: int) -> Iterator[torch.Tensor]:
-    """A file's 16 kHz mono samples, about n at a time, as `load_audio` gives them, read from disk piece by
-    piece (other sample rates are resampled on the fly by `_StreamResampler`). What soundfile cannot open
-    goes to `load_audio`, which reads it whole or says what is wrong."""
-    import soundfile as sf
-
-    try:
-        f = sf.SoundFile(os.fspath(path))
-    except Exception:
-        f = None
-    if f is None:
-        x = load_audio(path, target_sr=_SAMPLE_RATE)
-        for i in range(0, x.numel(), n):
-            yield x[i : i + n]
-        return
-    with f:
-        rs = _StreamResampler(f.samplerate) if f.samplerate != _SAMPLE_RATE else None
-        # read about n output samples' worth of input per piece
-        step = max(1, n * f.samplerate // _SAMPLE_RATE)
-        while True:
-            try:
-                block = f.read(step, dtype="float32", always_2d=True)
-            except Exception as e:
-                raise AudioError(f"cannot read audio file {os.fspath(path)!r}: {e}") from e
-            if block.shape[0] == 0:
-                break
-            x = torch.from_numpy(block)
-            # channels averaged in float32 with torch, exactly as load_audio does
-            x = x[:, 0].contiguous() if x.size(1) == 1 else x.mean(dim=1)
-            if not bool(torch.isfinite(x).all()):
-                raise AudioError(f"audio file {os.fspath(path)!r} has NaN or infinite samples")
-            yield rs.accept(x) if rs is not None else x
-        if rs is not None:
-            yield rs.finish()
-
-
-class _StreamResampler:
-    """`paraformer_ext.audio.resample(x, orig_sr, 16000)` of a whole signal, computed piece by piece.
-
-    resample() works on blocks: with the rates reduced by their gcd (orig → new), output samples
-    [j·new, (j+1)·new) come from input samples [j·orig − width, j·orig − width + 2·width + orig) (zeros
-    outside the signal). Each call resamples a window that starts `ctx` samples (a multiple of orig, ≥ width)
-    before the first block still to do, keeps the blocks whose whole input lies inside the window, and
-    carries the rest of the window over. The values equal the one-shot result up to float rounding (the
-    matrix products run over other row counts); the memory is a window, not the file.
-    """
-
-    def __init__(self, orig_sr: int, new_sr: int = _SAMPLE_RATE, lowpass_filter_width: int = 6, rolloff: float = 0.99):
-        g = math.gcd(orig_sr, new_sr)
-        self.sr, self.new_sr = orig_sr, new_sr
-        self.o, self.nw = orig_sr // g, new_sr // g
-        self.kw = dict(lowpass_filter_width=lowpass_filter_width, rolloff=rolloff)
-        # the kernel half-width of resample() (torchaudio's formula)
-        self.width = math.ceil(lowpass_filter_width * self.o / (min(self.o, self.nw) * rolloff))
-        self.ctx = -(-self.width // self.o) * self.o
-        self.buf = torch.zeros(0)
-        self.done = 0  # blocks already emitted
-        self.n_in = 0
-        # resample() rebuilds its kernel on every call: wait for about a second of input per call
-        self.min_window = self.ctx + self.width + self.o + orig_sr
-
-    def accept(self, x: torch.Tensor) -> torch.Tensor:
-        self.n_in += x.numel()
-        self.buf = torch.cat([self.buf, x]) if self.buf.numel() else x
-        if self.buf.numel() < self.min_window:
-            return torch.zeros(0)
-        skip = 0 if self.done == 0 else self.ctx // self.o  # blocks of the window already emitted
-        last = (self.buf.numel() - self.width - self.o) // self.o  # last block with all its input here
-        if last < skip:
-            return torch.zeros(0)
-        out = resample(self.buf, self.sr, self.new_sr, **self.kw)[skip * self.nw : (last + 1) * self.nw]
-        self.done += last + 1 - skip
-        start = (last + 1) * self.o - self.ctx  # window offset of the next window's start
-        self.buf = self.buf[start:].clone()
-        return out
-
-    def finish(self) -> torch.Tensor:
-        if self.n_in == 0 or self.buf.numel() == 0:
-            return torch.zeros(0)
-        total = -(-self.nw * self.n_in // self.o)  # resample()'s output length for the whole signal
-        skip = 0 if self.done == 0 else self.ctx // self.o
-        out = resample(self.buf, self.sr, self.new_sr, **self.kw)[skip * self.nw :]
-        return out[: total - self.done * self.nw]
