@@ -6,6 +6,7 @@
         print(r["key"], r["text"], r["timestamp"])
 """
 from ._ext import build_info, has_cuda_kernels, has_kernels
+from .ops.cif import CifOutput, cif, cif_cumsum_ref, cif_fn, cif_ref
 from .ops.fsmn import fsmn_memory, fsmn_memory_fn, fsmn_memory_ref
 
 __version__ = "0.1.0"
@@ -14,6 +15,11 @@ __all__ = [
     "build_info",
     "has_kernels",
     "has_cuda_kernels",
+    "cif",
+    "cif_fn",
+    "cif_ref",
+    "cif_cumsum_ref",
+    "CifOutput",
     "fsmn_memory",
     "fsmn_memory_fn",
     "fsmn_memory_ref",
