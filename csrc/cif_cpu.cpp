@@ -157,7 +157,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cif_cpu(const at::Ten
       const hid_t* h = hidden.data_ptr<hid_t>();
       const alpha_t* a = alphas.data_ptr<alpha_t>();
       hid_t* out = embeds.data_ptr<hid_t>();
-      const int64_t grain = std::max<int64_t>(1, 8192 / std::max<int64_t>(1, s.D));
+      // About 64k multiply-adds per task (frames per token ~ Tf / N): small batches stay on one thread.
+      const int64_t frames_per_token = std::max<int64_t>(1, s.Tf / std::max<int64_t>(1, N));
+      const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, s.D * frames_per_token));
       at::parallel_for(0, s.B * N, grain, [&](int64_t begin, int64_t end) {
         std::vector<acc_t> scratch(std::is_same_v<acc_t, hid_t> ? 0 : s.D);
         for (int64_t w = begin; w < end; ++w) {

@@ -36,6 +36,7 @@ constexpr int kScanItems = 8;                          // consecutive frames per
 constexpr int kScanChunk = kScanThreads * kScanItems;  // frames per block iteration
 constexpr int kSeqChunk = 2048;                        // alphas staged per step of the sequential loop
 constexpr int kRowThreads = 256;                       // phase 2 / backward: 8 warps, one row each
+constexpr int kBatch = 8;                              // phase 2: frames loaded together per token
 
 // Exclusive block-wide scan of v (256 threads). `total` receives the block's sum. All threads must call it.
 template <typename T>
@@ -212,39 +213,45 @@ __global__ void __launch_bounds__(kRowThreads)
     if (lane == 0) fire_frames_out[b * N + k] = f;
     const int64_t len = clamp_len(lengths, b, T);
     const acc_t w_end = static_cast<acc_t>(cur[o + k]);
-    int64_t p = -1, start = 0;
+    int64_t p = -1;
     acc_t w_start = acc_t(0);
     if (k > 0) {
       p = fire_frame[o + k - 1];
       w_start = static_cast<acc_t>(rem[o + k - 1]);
-      start = p + 1;
     }
+    // Frames [first, last] with hidden content, summed in ascending order (the CPU's order): the previous
+    // fire frame with weight rem, interior frames with their alpha, the fire frame with weight cur (absent
+    // when the token fired on the tail slot, whose hidden frame is zero).
+    const int64_t first = p >= 0 ? p : 0;
+    const int64_t last = (f < len ? f : len - 1);
     const scalar_t* hb = hidden + b * T * D;
     const alpha_t* ab = alphas + b * T;
     for (int64_t c = static_cast<int64_t>(lane) * VEC; c < D; c += 32 * VEC) {
       acc_t acc[VEC];
 #pragma unroll
       for (int i = 0; i < VEC; ++i) acc[i] = acc_t(0);
-      if (p >= 0 && p < len) axpy_vec<scalar_t, acc_t, VEC>(acc, w_start, hb + p * D + c);
-      int64_t t = start;
-      // Interior frames t < f <= len. Four rows are loaded before they are summed (memory-level parallelism);
-      // the sum order stays t = start, start+1, ...
-      for (; t + 4 <= f; t += 4) {
-        scalar_t x[4][VEC];
-        acc_t wt[4];
+      // kBatch predicated loads are issued before any of them is used: a token's frames are in flight
+      // together (tokens span ~3-5 frames), which is what keeps HBM busy.
+      for (int64_t t0 = first; t0 <= last; t0 += kBatch) {
+        scalar_t x[kBatch][VEC];
+        acc_t wt[kBatch];
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          load_vec<scalar_t, VEC>(hb + (t + j) * D + c, x[j]);
-          wt[j] = static_cast<acc_t>(ab[t + j]);
+        for (int j = 0; j < kBatch; ++j) {
+          const int64_t t = t0 + j;
+          wt[j] = acc_t(0);
+          if (t <= last) {
+            load_vec<scalar_t, VEC>(hb + t * D + c, x[j]);
+            wt[j] = t == p ? w_start : (t == f ? w_end : static_cast<acc_t>(ab[t]));
+          }
         }
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
+        for (int j = 0; j < kBatch; ++j) {
+          if (t0 + j <= last) {
 #pragma unroll
-          for (int i = 0; i < VEC; ++i) acc[i] += wt[j] * static_cast<acc_t>(x[j][i]);
+            for (int i = 0; i < VEC; ++i) acc[i] += wt[j] * static_cast<acc_t>(x[j][i]);
+          }
         }
       }
-      for (; t < f; ++t) axpy_vec<scalar_t, acc_t, VEC>(acc, static_cast<acc_t>(ab[t]), hb + t * D + c);
-      if (f < len) axpy_vec<scalar_t, acc_t, VEC>(acc, w_end, hb + f * D + c);
       scalar_t res[VEC];
 #pragma unroll
       for (int i = 0; i < VEC; ++i) res[i] = static_cast<scalar_t>(acc[i]);
@@ -303,7 +310,7 @@ __global__ void __launch_bounds__(kRowThreads)
     const scalar_t* g1 = nullptr;
     const scalar_t* g2 = nullptr;
     acc_t w1 = acc_t(0), w2 = acc_t(0);
-    if (k < cnt) {
+    if (fi >= 0 && k < cnt) {  // fi < 0 only if the scan rejected this utterance (the forward raised)
       g1 = G + (b * N + k) * D;
       w1 = fire ? static_cast<acc_t>(cur[o + k]) : static_cast<acc_t>(alphas[b * T + t]);
       if (fire && k + 1 < cnt) {
@@ -365,13 +372,25 @@ __global__ void __launch_bounds__(kScanThreads)
   for (int64_t t = len + threadIdx.x; t < T; t += kScanThreads) grad_a[b * T + t] = alpha_t(0);
 }
 
+// An event that is waited for (if recorded) and destroyed when it goes out of scope, so that an early exit
+// never frees buffers a pending copy still uses.
 struct EventGuard {
   cudaEvent_t event = nullptr;
-  EventGuard() = default;
+  bool recorded = false;
+  EventGuard() { C10_CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming)); }
   EventGuard(const EventGuard&) = delete;
   EventGuard& operator=(const EventGuard&) = delete;
+  void record(cudaStream_t stream) {
+    C10_CUDA_CHECK(cudaEventRecord(event, stream));
+    recorded = true;
+  }
+  void wait() {
+    if (recorded) C10_CUDA_CHECK(cudaEventSynchronize(event));
+    recorded = false;
+  }
   ~EventGuard() {
-    if (event != nullptr) cudaEventDestroy(event);
+    if (recorded) cudaEventSynchronize(event);
+    cudaEventDestroy(event);
   }
 };
 
@@ -403,13 +422,16 @@ DeviceScan launch_scan(const at::Tensor& alphas, const at::Tensor& len, const Ci
   return d;
 }
 
-int64_t row_grid(int64_t rows) {
-  int device = 0, sm_count = 0;
+// Grid for a warp-per-row kernel: enough blocks to fill every SM at the kernel's occupancy, looping over rows.
+template <typename Kernel>
+int64_t row_grid(Kernel kernel, int64_t rows) {
+  int device = 0, sm_count = 0, per_sm = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
-  const int64_t sms = std::max(sm_count, 1);
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kRowThreads, 0));
+  const int64_t resident = static_cast<int64_t>(std::max(sm_count, 1)) * std::max(per_sm, 1);
   const int64_t warps = kRowThreads / 32;
-  return std::max<int64_t>(1, std::min<int64_t>((rows + warps - 1) / warps, sms * (2048 / kRowThreads)));
+  return std::max<int64_t>(1, std::min<int64_t>((rows + warps - 1) / warps, resident));
 }
 
 void check_common(const at::Tensor& hidden, const c10::optional<at::Tensor>& lengths, const CifShape& s,
@@ -436,19 +458,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cif_cuda(const at::Te
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
 
   DeviceScan sc = launch_scan(alphas, len, s, threshold, tail_threshold, false, stream);
+  // The 8-byte summary (max token count, error bits) goes to the host on a side stream, so that phase 2,
+  // queued right behind the scan, does not wait for the copy.
   at::Tensor aux_host = at::empty({2}, at::TensorOptions().dtype(at::kInt).pinned_memory(true));
+  const c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool(false, hidden.device().index());
+  EventGuard scan_done, summary_ready;
+  scan_done.record(stream);
+  C10_CUDA_CHECK(cudaStreamWaitEvent(side.stream(), scan_done.event, 0));
   C10_CUDA_CHECK(cudaMemcpyAsync(aux_host.data_ptr<int>(), sc.aux.data_ptr<int>(), 2 * sizeof(int),
-                                 cudaMemcpyDeviceToHost, stream));
+                                 cudaMemcpyDeviceToHost, side.stream()));
+  summary_ready.record(side.stream());
   // The host needs N; phase 2 does not wait for it (see the top of this file). Very large outputs are the
   // exception: their capacity would cost too much memory, so those wait for the summary and allocate exactly.
   const int64_t cap_rows = std::max<int64_t>(s.Tf, min_tokens);
   const bool speculative = s.B * cap_rows * s.D * static_cast<int64_t>(hidden.element_size()) <= (int64_t(1) << 30);
-  EventGuard summary_ready;
-  C10_CUDA_CHECK(cudaEventCreateWithFlags(&summary_ready.event, cudaEventDisableTiming));
-  C10_CUDA_CHECK(cudaEventRecord(summary_ready.event, stream));
   const int* ah = aux_host.data_ptr<int>();
   auto wait_summary = [&] {
-    C10_CUDA_CHECK(cudaEventSynchronize(summary_ready.event));
+    summary_ready.wait();
     check_cif_errors(ah[1], op);
   };
   if (!speculative) wait_summary();
@@ -458,7 +484,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cif_cuda(const at::Te
   at::Tensor fire_frames = at::empty({s.B, cap}, hidden.options().dtype(at::kLong));
   if (s.B > 0 && cap > 0) {
     const int64_t* lp = len.defined() ? len.data_ptr<int64_t>() : nullptr;
-    const int64_t grid = row_grid(s.B * cap);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hidden.scalar_type(), "cif_embed_cuda", [&] {
       using hid_t = scalar_t;
       AT_DISPATCH_FLOATING_TYPES(alphas.scalar_type(), "cif_embed_cuda_alpha", [&] {
@@ -466,6 +491,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cif_cuda(const at::Te
         constexpr int VEC = 16 / sizeof(hid_t);
         const bool vec_ok = s.D % VEC == 0 && is_aligned(hidden.data_ptr(), 16) && is_aligned(embeds.data_ptr(), 16);
         auto launch = [&](auto kernel) {
+          const int64_t grid = row_grid(kernel, s.B * cap);
           kernel<<<static_cast<unsigned>(grid), kRowThreads, 0, stream>>>(
               hidden.data_ptr<hid_t>(), alphas.data_ptr<alpha_t>(), lp, s.B, s.T, s.D, s.Tf,
               sc.token_num.data_ptr<int64_t>(), sc.fire_frame.data_ptr<int64_t>(), sc.cur.data_ptr<double>(),
@@ -531,8 +557,8 @@ std::tuple<at::Tensor, at::Tensor> cif_backward_cuda(const at::Tensor& grad_in,
         constexpr int VEC = 16 / sizeof(hid_t);
         const bool vec_ok = s.D % VEC == 0 && is_aligned(hidden.data_ptr(), 16) && is_aligned(G.data_ptr(), 16) &&
                             is_aligned(grad_h.data_ptr(), 16);
-        const int64_t grid = row_grid(s.B * s.Tf);
         auto launch = [&](auto kernel) {
+          const int64_t grid = row_grid(kernel, s.B * s.Tf);
           kernel<<<static_cast<unsigned>(grid), kRowThreads, 0, stream>>>(
               G.data_ptr<hid_t>(), gF.defined() ? gF.data_ptr<double>() : nullptr, hidden.data_ptr<hid_t>(),
               alphas.data_ptr<alpha_t>(), lp, s.B, s.T, s.D, s.Tf, N, s.has_tail, sc.token_num.data_ptr<int64_t>(),
