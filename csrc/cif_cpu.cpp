@@ -7,11 +7,16 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <tuple>
 #include <type_traits>
 #include <vector>
 
 #include "cif.h"
+
+#if defined(__F16C__) && defined(__AVX__)
+#include <immintrin.h>
+#endif
 
 namespace paraformer_ext {
 namespace {
@@ -97,26 +102,51 @@ ScanResult scan_all(const at::Tensor& alphas, const int64_t* lp, const CifShape&
   return res;
 }
 
+// float16 / bfloat16 rows -> float, vectorised (c10's scalar conversions are a loop of bit manipulations).
+inline void widen(const c10::Half* x, float* out, int64_t D) {
+  int64_t d = 0;
+#if defined(__F16C__) && defined(__AVX__)
+  for (; d + 8 <= D; d += 8)
+    _mm256_storeu_ps(out + d, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + d))));
+#endif
+  for (; d < D; ++d) out[d] = static_cast<float>(x[d]);
+}
+
+inline void widen(const c10::BFloat16* x, float* out, int64_t D) {
+  for (int64_t d = 0; d < D; ++d) {
+    const uint32_t u = static_cast<uint32_t>(x[d].x) << 16;  // bfloat16 is the top half of a float32
+    float f;
+    std::memcpy(&f, &u, sizeof(f));
+    out[d] = f;
+  }
+}
+
+// acc += w * x over one frame's D channels; buf is D floats of scratch for the 16-bit types.
 template <typename acc_t, typename scalar_t>
-inline void axpy(acc_t* acc, acc_t w, const scalar_t* x, int64_t D) {
-  for (int64_t d = 0; d < D; ++d) acc[d] += w * static_cast<acc_t>(x[d]);
+inline void axpy(acc_t* acc, acc_t w, const scalar_t* x, int64_t D, acc_t* buf) {
+  if constexpr (std::is_same_v<acc_t, scalar_t>) {
+    for (int64_t d = 0; d < D; ++d) acc[d] += w * x[d];
+  } else {
+    widen(x, buf, D);
+    for (int64_t d = 0; d < D; ++d) acc[d] += w * buf[d];
+  }
 }
 
 // Token k of one utterance: rem_{k-1} h[f_{k-1}] + sum_{f_{k-1} < t < f_k} a_t h[t] + cur_k h[f_k], in this order.
 // Frames at or past len (the tail slot) carry a zero hidden frame and are skipped.
 template <typename scalar_t, typename alpha_t, typename acc_t>
 void token_embedding(const scalar_t* h, const alpha_t* a, int64_t len, int64_t D, int64_t k, const int64_t* ff,
-                     const double* cur, const double* rem, acc_t* acc) {
+                     const double* cur, const double* rem, acc_t* acc, acc_t* buf) {
   std::fill(acc, acc + D, acc_t(0));
   int64_t start = 0;
   if (k > 0) {
     const int64_t p = ff[k - 1];
-    if (p < len) axpy(acc, static_cast<acc_t>(rem[k - 1]), h + p * D, D);
+    if (p < len) axpy(acc, static_cast<acc_t>(rem[k - 1]), h + p * D, D, buf);
     start = p + 1;
   }
   const int64_t f = ff[k];
-  for (int64_t t = start; t < f; ++t) axpy(acc, static_cast<acc_t>(a[t]), h + t * D, D);
-  if (f < len) axpy(acc, static_cast<acc_t>(cur[k]), h + f * D, D);
+  for (int64_t t = start; t < f; ++t) axpy(acc, static_cast<acc_t>(a[t]), h + t * D, D, buf);
+  if (f < len) axpy(acc, static_cast<acc_t>(cur[k]), h + f * D, D, buf);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cif_cpu(const at::Tensor& hidden_in,
@@ -161,7 +191,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cif_cpu(const at::Ten
       const int64_t frames_per_token = std::max<int64_t>(1, s.Tf / std::max<int64_t>(1, N));
       const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, s.D * frames_per_token));
       at::parallel_for(0, s.B * N, grain, [&](int64_t begin, int64_t end) {
-        std::vector<acc_t> scratch(std::is_same_v<acc_t, hid_t> ? 0 : s.D);
+        const size_t extra = std::is_same_v<acc_t, hid_t> ? 0 : static_cast<size_t>(s.D);
+        std::vector<acc_t> scratch(2 * extra);  // accumulator row + widened frame, 16-bit types only
         for (int64_t w = begin; w < end; ++w) {
           const int64_t b = w / N, k = w % N;
           hid_t* row = out + w * s.D;
@@ -173,11 +204,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cif_cpu(const at::Ten
           const int64_t o = b * s.Tf;
           ff_out[w] = ff[o + k];
           const int64_t l = lp ? lp[b] : s.T;
-          if constexpr (std::is_same_v<acc_t, hid_t>) {
-            token_embedding(h + b * s.T * s.D, a + b * s.T, l, s.D, k, ff + o, cur + o, rem + o, row);
+          if constexpr (std::is_same_v<acc_t, hid_t>) {  // accumulate in the output row itself
+            token_embedding<hid_t, alpha_t, acc_t>(h + b * s.T * s.D, a + b * s.T, l, s.D, k, ff + o, cur + o,
+                                                   rem + o, reinterpret_cast<acc_t*>(row), nullptr);
           } else {
-            token_embedding(h + b * s.T * s.D, a + b * s.T, l, s.D, k, ff + o, cur + o, rem + o, scratch.data());
-            for (int64_t d = 0; d < s.D; ++d) row[d] = static_cast<hid_t>(scratch[d]);
+            acc_t* acc = scratch.data();
+            token_embedding(h + b * s.T * s.D, a + b * s.T, l, s.D, k, ff + o, cur + o, rem + o, acc, acc + s.D);
+            for (int64_t d = 0; d < s.D; ++d) row[d] = static_cast<hid_t>(acc[d]);
           }
         }
       });
