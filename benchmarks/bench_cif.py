@@ -6,9 +6,9 @@
 
 Inputs: D = 512, B in {1, 8, 64}, T in {100, 500, 3000}, hidden fp32 and fp16, alphas U(0.1, 0.5) in
 float32 (about one token per 3.3 frames, like the golden models), a padded batch (odd items 80% long),
-inference mode (tail 0.45). The loop reference runs only for B <= 8, T <= 500. CPU runs use
-BENCH_CPU_THREADS threads (default 2). Each case runs for about BENCH_SECONDS (default 0.3 s CPU, 0.2 s GPU)
-after one warm-up call; the median is reported.
+inference (tail 0.45, under torch.inference_mode() as a decoder runs). The loop reference runs only for
+B <= 8, T <= 500. CPU runs use BENCH_CPU_THREADS threads (default 2). Each case runs for about BENCH_SECONDS
+(default 0.3 s CPU, 0.2 s GPU) after one warm-up call; the median is reported.
 
 On CUDA, `test_cuda_bandwidth` also reports achieved bandwidth: bytes = hidden + alphas (+ lengths) read once
 + embeddings, fires, token counts and fire frames written once, over the median per-call time of 20
@@ -155,6 +155,7 @@ def test_cif(benchmark, device, dname, B, T, impl):
     h, a, lengths = _inputs(B, T, DTYPES[dname], device)
     fn = IMPLS[impl]
 
+    @torch.inference_mode()
     def run():
         out = fn(h, a, 1.0, lengths, TAIL)
         _sync(device)
@@ -190,6 +191,7 @@ def _cuda_time_per_call(fn, inner=20, rounds=15):
 
 
 @pytest.mark.skipif("cuda" not in DEVICES, reason="needs a CUDA device and the CUDA build")
+@torch.inference_mode()
 def test_cuda_bandwidth():
     for dname, dtype in DTYPES.items():
         for B in BATCHES:

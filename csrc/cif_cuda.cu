@@ -20,7 +20,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <map>
+#include <mutex>
 #include <tuple>
+#include <utility>
 
 #include "cif.h"
 #include "cuda_utils.cuh"
@@ -394,42 +397,63 @@ struct EventGuard {
   }
 };
 
+// The scan's outputs. fire_frame / cur / rem / aux live in one workspace allocation (fewer host calls per op).
 struct DeviceScan {
-  at::Tensor fires, token_num, fire_frame, cur, rem, frame_info, aux;
+  at::Tensor fires, token_num, frame_info, workspace;
+  int64_t* fire_frame = nullptr;  // (B, Tf)
+  double* cur = nullptr;          // (B, Tf)
+  double* rem = nullptr;          // (B, Tf)
+  int* aux = nullptr;             // [max token count, error bits]
 };
 
 DeviceScan launch_scan(const at::Tensor& alphas, const at::Tensor& len, const CifShape& s, double threshold,
                        double tail, bool with_frame_info, cudaStream_t stream) {
+  static_assert(sizeof(int64_t) == sizeof(double) && 2 * sizeof(int) == sizeof(double), "workspace layout");
   DeviceScan d;
   const auto opts = alphas.options();
   d.fires = at::empty({s.B, s.Tf}, opts);
   d.token_num = at::empty({s.B}, opts.dtype(at::kLong));
-  d.fire_frame = at::empty({s.B, s.Tf}, opts.dtype(at::kLong));
-  d.cur = at::empty({s.B, s.Tf}, opts.dtype(at::kDouble));
-  d.rem = at::empty({s.B, s.Tf}, opts.dtype(at::kDouble));
   if (with_frame_info) d.frame_info = at::empty({s.B, s.Tf}, opts.dtype(at::kInt));
-  d.aux = at::empty({2}, opts.dtype(at::kInt));
-  C10_CUDA_CHECK(cudaMemsetAsync(d.aux.data_ptr<int>(), 0, 2 * sizeof(int), stream));
+  const int64_t n = s.B * s.Tf;
+  d.workspace = at::empty({3 * n + 1}, opts.dtype(at::kDouble));
+  double* ws = d.workspace.data_ptr<double>();
+  d.fire_frame = reinterpret_cast<int64_t*>(ws);
+  d.cur = ws + n;
+  d.rem = ws + 2 * n;
+  d.aux = reinterpret_cast<int*>(ws + 3 * n);
+  C10_CUDA_CHECK(cudaMemsetAsync(d.aux, 0, 2 * sizeof(int), stream));
   if (s.B == 0) return d;
   AT_DISPATCH_FLOATING_TYPES(alphas.scalar_type(), "cif_scan_cuda", [&] {
     cif_scan_kernel<scalar_t><<<static_cast<unsigned>(s.B), kScanThreads, 0, stream>>>(
         alphas.data_ptr<scalar_t>(), len.defined() ? len.data_ptr<int64_t>() : nullptr, s.T, s.Tf, s.has_tail,
-        threshold, tail, d.fires.data_ptr<scalar_t>(), d.token_num.data_ptr<int64_t>(),
-        d.fire_frame.data_ptr<int64_t>(), d.cur.data_ptr<double>(), d.rem.data_ptr<double>(),
-        with_frame_info ? d.frame_info.data_ptr<int32_t>() : nullptr, d.aux.data_ptr<int>());
+        threshold, tail, d.fires.data_ptr<scalar_t>(), d.token_num.data_ptr<int64_t>(), d.fire_frame, d.cur, d.rem,
+        with_frame_info ? d.frame_info.data_ptr<int32_t>() : nullptr, d.aux);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return d;
 }
 
-// Grid for a warp-per-row kernel: enough blocks to fill every SM at the kernel's occupancy, looping over rows.
+// Grid for a warp-per-row kernel: enough blocks to fill every SM at the kernel's occupancy, looping over
+// rows. The occupancy query is cached per (kernel, device): it is host time on every call otherwise.
 template <typename Kernel>
 int64_t row_grid(Kernel kernel, int64_t rows) {
-  int device = 0, sm_count = 0, per_sm = 0;
+  static std::mutex mu;
+  static std::map<std::pair<const void*, int>, int64_t> resident_blocks;
+  int device = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kRowThreads, 0));
-  const int64_t resident = static_cast<int64_t>(std::max(sm_count, 1)) * std::max(per_sm, 1);
+  int64_t resident = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    const auto key = std::make_pair(reinterpret_cast<const void*>(kernel), device);
+    auto it = resident_blocks.find(key);
+    if (it == resident_blocks.end()) {
+      int sm_count = 0, per_sm = 0;
+      C10_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
+      C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kRowThreads, 0));
+      it = resident_blocks.emplace(key, static_cast<int64_t>(std::max(sm_count, 1)) * std::max(per_sm, 1)).first;
+    }
+    resident = it->second;
+  }
   const int64_t warps = kRowThreads / 32;
   return std::max<int64_t>(1, std::min<int64_t>((rows + warps - 1) / warps, resident));
 }
@@ -465,7 +489,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cif_cuda(const at::Te
   EventGuard scan_done, summary_ready;
   scan_done.record(stream);
   C10_CUDA_CHECK(cudaStreamWaitEvent(side.stream(), scan_done.event, 0));
-  C10_CUDA_CHECK(cudaMemcpyAsync(aux_host.data_ptr<int>(), sc.aux.data_ptr<int>(), 2 * sizeof(int),
+  C10_CUDA_CHECK(cudaMemcpyAsync(aux_host.data_ptr<int>(), sc.aux, 2 * sizeof(int),
                                  cudaMemcpyDeviceToHost, side.stream()));
   summary_ready.record(side.stream());
   // The host needs N; phase 2 does not wait for it (see the top of this file). Very large outputs are the
@@ -494,8 +518,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cif_cuda(const at::Te
           const int64_t grid = row_grid(kernel, s.B * cap);
           kernel<<<static_cast<unsigned>(grid), kRowThreads, 0, stream>>>(
               hidden.data_ptr<hid_t>(), alphas.data_ptr<alpha_t>(), lp, s.B, s.T, s.D, s.Tf,
-              sc.token_num.data_ptr<int64_t>(), sc.fire_frame.data_ptr<int64_t>(), sc.cur.data_ptr<double>(),
-              sc.rem.data_ptr<double>(), sc.aux.data_ptr<int>(), min_tokens, embeds.data_ptr<hid_t>(),
+              sc.token_num.data_ptr<int64_t>(), sc.fire_frame, sc.cur, sc.rem, sc.aux, min_tokens,
+              embeds.data_ptr<hid_t>(),
               fire_frames.data_ptr<int64_t>());
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         };
@@ -562,7 +586,7 @@ std::tuple<at::Tensor, at::Tensor> cif_backward_cuda(const at::Tensor& grad_in,
           kernel<<<static_cast<unsigned>(grid), kRowThreads, 0, stream>>>(
               G.data_ptr<hid_t>(), gF.defined() ? gF.data_ptr<double>() : nullptr, hidden.data_ptr<hid_t>(),
               alphas.data_ptr<alpha_t>(), lp, s.B, s.T, s.D, s.Tf, N, s.has_tail, sc.token_num.data_ptr<int64_t>(),
-              sc.cur.data_ptr<double>(), sc.rem.data_ptr<double>(), sc.frame_info.data_ptr<int32_t>(),
+              sc.cur, sc.rem, sc.frame_info.data_ptr<int32_t>(),
               grad_h.data_ptr<hid_t>(), local.data_ptr<double>(), sarr.data_ptr<double>());
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         };
