@@ -21,6 +21,7 @@ Decisions made here (tested in tests/test_cif.py):
   fires are those of exact arithmetic; the compiled kernels use that to scan in parallel with 64-bit
   fixed-point integers and still give the loop's bits (csrc/cif.h). A model whose transcript hinges on
   cif_v1's float32 rounding (a prefix sum within ~1e-7 relative of an integer) can differ in that token.
+  FunASR's loop `cif` keeps its integrate in float32 and also differs there (golden case 10).
 * **Alphas ≥ 1** (only after training's rescaling): FunASR's loop semantics, at most one fire per frame; the
   excess stays in the integrate (which may then exceed 1) and fires again on the following frames, with
   cur = 1 − I possibly ≤ 0. Every token's weights still sum to 1. `cif_v1` instead counts a frame where the
