@@ -9,4 +9,13 @@ TORCH_LIBRARY(paraformer_ext, m) {
   m.def("fsmn_memory(Tensor x, Tensor weight, Tensor? lengths, int left, Tensor? residual, Tensor? bias=None) -> Tensor");
   // Gradient of fsmn_memory's weight: grad_weight[d, j] = sum_{b,t} g'[b,t,d] * xm[b, t+j-left, d].
   m.def("fsmn_memory_weight_grad(Tensor grad_out, Tensor x, Tensor? lengths, int left, int kernel_size) -> Tensor");
+  // CIF integrate-and-fire (spec paraformer.md §3.3-3.4; semantics in paraformer_ext/ops/cif.py).
+  // hidden: (B, T, D); alphas: (B, T) float32/float64; lengths: (B,) int64 or None; tail_threshold > 0 adds the
+  // tail slot at index lengths[b]. Returns (embeds (B, N, D), token_num (B,) int64, fires (B, T or T+1),
+  // fire_frames (B, N) int64, -1 padded) with N = max(max token_num, min_tokens).
+  m.def("cif(Tensor hidden, Tensor alphas, Tensor? lengths, float threshold, float tail_threshold, int min_tokens) "
+        "-> (Tensor, Tensor, Tensor, Tensor)");
+  // Gradients of cif's embeds (and fires) w.r.t. hidden and alphas for the fire pattern of these inputs.
+  m.def("cif_backward(Tensor grad_embeds, Tensor? grad_fires, Tensor hidden, Tensor alphas, Tensor? lengths, "
+        "float threshold, float tail_threshold) -> (Tensor, Tensor)");
 }

@@ -9,6 +9,7 @@ from ._ext import build_info, has_cuda_kernels, has_kernels
 from .audio import AudioError, load_audio
 from .checkpoint import ModelLoadError
 from .model.config import UnsupportedModelError
+from .ops.cif import CifOutput, cif, cif_cumsum_ref, cif_fn, cif_ref
 from .ops.fsmn import fsmn_memory, fsmn_memory_fn, fsmn_memory_ref
 from .recognizer import Recognizer, load
 
@@ -24,6 +25,11 @@ __all__ = [
     "build_info",
     "has_kernels",
     "has_cuda_kernels",
+    "cif",
+    "cif_fn",
+    "cif_ref",
+    "cif_cumsum_ref",
+    "CifOutput",
     "fsmn_memory",
     "fsmn_memory_fn",
     "fsmn_memory_ref",
