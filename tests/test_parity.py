@@ -34,15 +34,21 @@ def recognizer(preset: str, kernels: bool, device="cpu"):
     return _cache[key]
 
 
+@pytest.fixture(scope="module", params=[(p, k) for p in PRESETS for k in KERNELS],
+                ids=[f"{p}-{'kernels' if k else 'reference'}" for p in PRESETS for k in KERNELS])
+def model(request):
+    """Module-scoped and parametrized, so pytest runs every test of one model before loading the next."""
+    preset, kernels = request.param
+    return preset, recognizer(preset, kernels)
+
+
 def fire_frames(fires: np.ndarray) -> list[int]:
     return [int(t) for t in np.nonzero(fires >= 1.0)[0]]
 
 
-@pytest.mark.parametrize("kernels", KERNELS, ids=lambda k: "kernels" if k else "reference")
-@pytest.mark.parametrize("preset", PRESETS)
-def test_model_from_golden_features(preset, kernels):
+def test_model_from_golden_features(model):
     """Golden features in; encoder output, alphas, fires, token count, decoder top-2 and ids out."""
-    asr = recognizer(preset, kernels)
+    preset, asr = model
     torch.set_num_threads(2)
     for wav in WAVS:
         g, j = golden(preset, wav)
@@ -72,11 +78,21 @@ def test_model_from_golden_features(preset, kernels):
         assert out.token_ids[0].tolist() == j["argmax_ids"]
 
 
-@pytest.mark.parametrize("kernels", KERNELS, ids=lambda k: "kernels" if k else "reference")
-@pytest.mark.parametrize("preset", PRESETS)
-def test_end_to_end_from_audio(preset, kernels, device):
+def test_end_to_end_from_audio(model):
     """wav file in; features, token ids, text, text with timestamps and timestamps (ms) out, exactly."""
-    asr = recognizer(preset, kernels, device)
+    preset, asr = model
+    _check_end_to_end(preset, asr, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_end_to_end_cuda(preset, device):
+    if device.type != "cuda":
+        pytest.skip("the CPU cases run in test_end_to_end_from_audio")
+    for kernels in (True, False):
+        _check_end_to_end(preset, recognizer(preset, kernels, device), device)
+
+
+def _check_end_to_end(preset, asr, device):
     paths = [str(SHARED / "audio" / f"{w}.wav") for w in WAVS]
     plain = asr.transcribe(paths, batch_size=1)
     with_ts = asr.transcribe(paths, batch_size=1, timestamps=True)
@@ -92,11 +108,9 @@ def test_end_to_end_from_audio(preset, kernels, device):
         assert np.abs(feats[0].cpu().numpy() - g["features"]).max() < 1e-3
 
 
-@pytest.mark.parametrize("kernels", KERNELS, ids=lambda k: "kernels" if k else "reference")
-@pytest.mark.parametrize("preset", PRESETS)
-def test_padded_batch_equals_batch1(preset, kernels):
+def test_padded_batch_equals_batch1(model):
     """Both wavs in one padded batch: each gets its batch-1 (golden) result, where FunASR's batch does not."""
-    asr = recognizer(preset, kernels)
+    preset, asr = model
     paths = [str(SHARED / "audio" / f"{w}.wav") for w in WAVS]
     batched = asr.transcribe(paths, batch_size=2, timestamps=True)
     single = asr.transcribe(paths, batch_size=1, timestamps=True)

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.cif import cif
+from .._ext import kernels_available_for
+from ..ops.cif import cif_cumsum_ref, cif_fn
 from .config import PredictorConfig
 from .layers import key_padding_mask
 
@@ -56,15 +57,10 @@ class CifPredictorV2(nn.Module):
         if lengths is None:
             lengths = torch.full((B,), T, dtype=torch.long, device=hidden.device)
         tail = self.cfg.tail_threshold if target_lengths is None else 0.0
-        out = cif(
-            hidden.to(alphas.dtype),
-            alphas,
-            self.cfg.threshold,
-            lengths=lengths,
-            tail_threshold=tail,
-            target_lengths=target_lengths,
-            kernels=self.kernels,
-        )
+        # the fused op; the reference path is the vectorised cumulative-sum CIF FunASR's V2 predictor runs
+        # (cif_v1), with float64 fire decisions, so both give the same fires (tests/test_parity.py)
+        fn = cif_fn if self.kernels and kernels_available_for(hidden.device) else cif_cumsum_ref
+        out = fn(hidden.to(alphas.dtype), alphas, self.cfg.threshold, lengths, tail, target_lengths)
         if tail > 0:
             # alphas with the tail slot, as FunASR's tail_process_fn returns them (timestamps read them)
             full = torch.zeros(B, T + 1, dtype=alphas.dtype, device=alphas.device)
