@@ -49,15 +49,17 @@ def _lengths(B, T, seed):
 
 
 class LinearLike(nn.Module):
-    """Stands for an int8 Linear replacement: not an nn.Linear, same call signature."""
+    """Stands for an int8 Linear replacement: not an nn.Linear, the Linear-like protocol of ops/linear.py."""
 
     def __init__(self, lin: nn.Linear):
         super().__init__()
         self.inner = lin
         self.bias = lin.bias
 
-    def forward(self, x):
-        return self.inner(x)
+    def forward(self, x, residual=None, relu=False):
+        y = self.inner(x)
+        y = torch.relu(y) if relu else y
+        return y if residual is None else residual + y
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from .._ext import kernels_available_for
+from ..ops.linear import linear_fn
 from ..ops.sanm import ffn_fn, ffn_ref
 
 LAYER_NORM_EPS = 1e-12  # funasr.models.transformer.layer_norm.LayerNorm
@@ -56,9 +57,9 @@ class PositionwiseFeedForwardDecoderSANM(nn.Module):
         self.kernels = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.w_1(x)
-        h = torch.relu_(h) if self.kernels and not self.training else self.dropout(torch.relu(h))
-        return self.w_2(self.norm(h))
+        if self.kernels and not self.training and kernels_available_for(x.device):
+            return linear_fn(self.w_2, self.norm(linear_fn(self.w_1, x, relu=True)))
+        return self.w_2(self.norm(self.dropout(torch.relu(self.w_1(x)))))
 
 
 def key_padding_mask(lengths: torch.Tensor | None, T: int, device) -> torch.Tensor | None:

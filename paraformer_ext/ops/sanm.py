@@ -7,8 +7,9 @@ The fused path makes the fewest passes over memory it can with stock kernels aro
   (flash / memory-efficient kernels on CUDA, the flash kernel on CPU) with the key-padding mask;
   the d_k^-0.5 scale goes to the kernel instead of a separate pass over q;
 * the FSMN op reads V in place and writes residual + memory + output bias in one pass;
-* the output projection accumulates into that tensor (GEMM with beta = 1), so the attention output is
-  never added in a separate pass.
+* the output projection accumulates into that tensor (GEMM with beta = 1 on CUDA, oneDNN's add post-op on
+  CPU), so the attention output is never added in a separate pass; every Linear runs with its bias, ReLU or
+  residual fused into the GEMM (ops/linear.py).
 The reference path computes exactly what FunASR computes (explicit scores, −inf fill, softmax, 0 fill).
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fsmn import fsmn_memory_fn, fsmn_memory_ref
+from .linear import gemm_into, linear_fn
 
 
 def masked_softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
@@ -48,21 +50,6 @@ def _sdpa(q, k, v, key_mask, scale):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
-def _gemm_into(base: torch.Tensor, a: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
-    """base += a @ linear.weightᵀ in place (GEMM with beta = 1); base must be a fresh contiguous tensor."""
-    base.view(-1, base.size(-1)).addmm_(a.reshape(-1, a.size(-1)), linear.weight.t())
-    return base
-
-
-def residual_plus_linear(residual: torch.Tensor, a: torch.Tensor, linear: nn.Module) -> torch.Tensor:
-    """residual + linear(a): one pass builds residual + bias, the GEMM accumulates into it. Any other
-    Linear-like module (an int8 replacement) is called as it is."""
-    if type(linear) is not nn.Linear:
-        return residual + linear(a)
-    base = residual + linear.bias if linear.bias is not None else residual.clone(memory_format=torch.contiguous_format)
-    return _gemm_into(base, a, linear)
-
-
 # --- encoder self-attention ------------------------------------------------------------------------------
 
 
@@ -86,14 +73,14 @@ def sanm_self_attention_fn(attn, x: torch.Tensor, lengths: torch.Tensor | None, 
                            residual: torch.Tensor | None = None) -> torch.Tensor:
     """Fused twin of `sanm_self_attention_ref` (same arguments, same result up to float rounding)."""
     n_feat = attn.h * attn.d_k
-    qkv = attn.linear_q_k_v(x)
+    qkv = linear_fn(attn.linear_q_k_v, x)
     q, k, v = qkv[..., :n_feat], qkv[..., n_feat : 2 * n_feat], qkv[..., 2 * n_feat :]
     att = _merge(_sdpa(_heads(q, attn.h), _heads(k, attn.h), _heads(v, attn.h), key_mask, attn.d_k ** (-0.5)))
     lin = attn.linear_out
-    if type(lin) is not nn.Linear:
-        return fsmn_memory_fn(v, attn.fsmn_block.weight, lengths, attn.left, residual) + lin(att)
+    if type(lin) is not nn.Linear:  # a Linear-like replacement (int8) adds the residual in its own epilogue
+        return linear_fn(lin, att, residual=fsmn_memory_fn(v, attn.fsmn_block.weight, lengths, attn.left, residual))
     base = fsmn_memory_fn(v, attn.fsmn_block.weight, lengths, attn.left, residual, lin.bias)
-    return _gemm_into(base, att, lin)
+    return gemm_into(base, lin, att)
 
 
 # --- decoder cross-attention -----------------------------------------------------------------------------
@@ -117,13 +104,11 @@ def cross_attention_fn(attn, x: torch.Tensor, memory: torch.Tensor, memory_mask:
                        residual: torch.Tensor | None = None) -> torch.Tensor:
     """Fused twin of `cross_attention_ref`."""
     n_feat = attn.h * attn.d_k
-    kv = attn.linear_k_v(memory)
+    kv = linear_fn(attn.linear_k_v, memory)
     k, v = kv[..., :n_feat], kv[..., n_feat:]
-    att = _sdpa(_heads(attn.linear_q(x), attn.h), _heads(k, attn.h), _heads(v, attn.h), memory_mask, attn.d_k ** (-0.5))
-    merged = _merge(att)
-    if residual is None:
-        return attn.linear_out(merged)
-    return residual_plus_linear(residual, merged, attn.linear_out)
+    q = linear_fn(attn.linear_q, x)
+    att = _sdpa(_heads(q, attn.h), _heads(k, attn.h), _heads(v, attn.h), memory_mask, attn.d_k ** (-0.5))
+    return linear_fn(attn.linear_out, _merge(att), residual=residual)
 
 
 # --- feed-forward blocks ---------------------------------------------------------------------------------
@@ -136,8 +121,5 @@ def ffn_ref(ff, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.
 
 
 def ffn_fn(ff, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-    """Fused twin of `ffn_ref`: in-place ReLU, second GEMM accumulated into residual + bias."""
-    h = torch.relu_(ff.w_1(x))
-    if residual is None:
-        return ff.w_2(h)
-    return residual_plus_linear(residual, h, ff.w_2)
+    """Fused twin of `ffn_ref`: ReLU in the first GEMM's epilogue, the residual in the second's."""
+    return linear_fn(ff.w_2, linear_fn(ff.w_1, x, relu=True), residual=residual)
