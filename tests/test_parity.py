@@ -3,13 +3,17 @@ kernels on and off. Token ids, fire frames, text and timestamps exact; floats to
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import SHARED, golden_checkpoint, needs_shared
+from conftest import REPO, SHARED, golden_checkpoint, needs_shared
 from paraformer_ext import has_kernels, load, load_audio
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from precision import compare  # noqa: E402  (the half-precision report shares its comparison with the test)
 
 pytestmark = needs_shared
 
@@ -124,3 +128,23 @@ def test_padded_batch_equals_batch1(model):
             assert r["token_ids"] == f["token_ids"] and r["timestamp"] == f["timestamps"]
         assert r["token_ids"] == j["token_ids"]
         assert r["timestamp"] == j["timestamps"]
+
+
+# fp16 keeps every token where FunASR's own top-1/top-2 gap exceeds 0.05, on both presets. bf16 (8
+# significand bits) does on `small`; on `large` its 16-layer decoder moves one such position (gap 0.058,
+# large/long; benchmarks/results/precision_cpu.json), so that case is reported, not asserted.
+HALF = [("small", torch.float16), ("small", torch.bfloat16), ("large", torch.float16)]
+
+
+@pytest.mark.parametrize("preset,dtype", HALF, ids=[f"{p}-{str(d)[6:]}" for p, d in HALF])
+def test_half_precision_keeps_confident_tokens(preset, dtype, device):
+    """fp16/bf16 encoder and decoder (predictor and CIF in fp32): encoder error small, fires unchanged,
+    token ids equal to FunASR's float32 ones wherever its top-1/top-2 gap exceeds 0.05."""
+    torch.set_num_threads(2)
+    asr = load(golden_checkpoint(preset), device=device, dtype=dtype)
+    bound = {torch.float16: 5e-3, torch.bfloat16: 3e-2}[dtype]
+    for wav in WAVS:
+        r = compare(asr, SHARED, preset, wav)
+        assert r.get("encoder_rel_err", r.get("encoder_frame_l2_rel_err")) < bound
+        assert r["fire_frames_equal"]
+        assert r["agree_margin_gt_0.05"] == r["positions_margin_gt_0.05"], r["mismatches"]
