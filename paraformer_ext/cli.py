@@ -15,6 +15,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch-frames", type=int, default=None,
                    help="padded 60 ms frames per batch (default: 12000 on cuda, 3000 on cpu)")
     p.add_argument("--no-kernels", action="store_true", help="use the plain PyTorch reference instead of the compiled ops")
+    p.add_argument("--quantize", default=None, choices=["int8"],
+                   help="int8 weights for the encoder/decoder Linear layers (saved as model_int8.pt on first use)")
+    p.add_argument("--quantize-output-layer", action="store_true", help="with --quantize: the output layer too")
 
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
@@ -67,7 +70,8 @@ def _print_results(results, as_json: bool, timestamps: bool) -> int:
 def cmd_transcribe(a) -> int:
     from .recognizer import load
 
-    asr = load(a.model, device=a.device, dtype=a.dtype, kernels=not a.no_kernels)
+    asr = load(a.model, device=a.device, dtype=a.dtype, kernels=not a.no_kernels, quantize=a.quantize,
+               quantize_output_layer=a.quantize_output_layer)
     pairs = asr.transcribe_iter(
         a.audio, batch_size=a.batch_size, max_batch_frames=a.max_batch_frames, timestamps=a.timestamps,
         long_audio_s=a.long_audio_s, segmenter=a.segmenter, window_s=a.window_s, vad_model_dir=a.vad_model_dir,

@@ -210,8 +210,12 @@ def run_demo(a) -> int:
     print("NOTE: the model has RANDOM weights, so the text is meaningless; the pipeline, the kernels and the timings are real.\n")
     use_kernels = not a.no_kernels and kernels_available_for(a.device)
     runs = {}
-    for name, kernels in ([("kernels", True)] if use_kernels else []) + [("reference", False)]:
-        asr = load(model_dir, device=a.device, dtype=a.dtype, kernels=kernels)
+    quant = getattr(a, "quantize", None)
+    plan = ([("kernels", True, None)] if use_kernels else []) + [("reference", False, None)]
+    plan += [(quant, use_kernels, quant)] if quant else []
+    for name, kernels, q in plan:
+        asr = load(model_dir, device=a.device, dtype=a.dtype, kernels=kernels, quantize=q,
+                   quantize_output_layer=getattr(a, "quantize_output_layer", False))
         asr.transcribe(paths[:1], batch_size=1)  # warm-up
         t0 = time.perf_counter()
         res = asr.transcribe(paths, batch_size=a.batch_size, timestamps=True)
@@ -222,8 +226,14 @@ def run_demo(a) -> int:
     print()
     for name, (sec, _) in runs.items():
         print(f"{name:>9}: {sec:.2f} s for {total_s:.1f} s of audio ({total_s / sec:.1f}x real time) on {a.device}, {a.dtype}")
-    if len(runs) == 2:
+    if "kernels" in runs:
         same = sum(x["token_ids"] == y["token_ids"] and x["timestamp"] == y["timestamp"] for x, y in zip(runs["kernels"][1], runs["reference"][1]))
         print(f"kernels vs reference: identical token ids and timestamps for {same}/{len(paths)} utterances")
+    if quant:
+        pairs = [(x["token_ids"], y["token_ids"]) for x, y in zip(runs[quant][1], runs["reference"][1])]
+        same = sum(u == v for x, y in pairs if len(x) == len(y) for u, v in zip(x, y))
+        total = sum(len(y) for _, y in pairs)
+        print(f"{quant} vs float reference: {same}/{total} token positions agree "
+              f"({sum(len(x) != len(y) for x, y in pairs)} utterances with a different token count)")
     print(f"\nTry: paraformer-ext transcribe --model {model_dir} {paths[0]} --timestamps --json")
     return 0
