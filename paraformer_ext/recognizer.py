@@ -30,13 +30,16 @@ def _dtype(dtype) -> torch.dtype:
 class Recognizer:
     """model: Paraformer; frontend: WavFrontend; tokens: TokenList. Use `load()` to build one."""
 
-    def __init__(self, model: Paraformer, frontend: WavFrontend, tokens: TokenList, device: torch.device, kernels: bool, model_dir: Path | None = None):
+    def __init__(self, model: Paraformer, frontend: WavFrontend, tokens: TokenList, device: torch.device, kernels: bool,
+                 model_dir: Path | None = None, weights_path: Path | None = None):
         self.model = model
         self.frontend = frontend
         self.tokens = tokens
         self.device = device
         self.kernels = kernels
         self.model_dir = model_dir
+        self.weights_path = weights_path
+        self.quantization = "int8" if getattr(model, "quantization", None) else None
 
     @property
     def sample_rate(self) -> int:
@@ -48,7 +51,8 @@ class Recognizer:
         return int(self.frontend.cfg.frame_length * self.frontend.cfg.fs / 1000)
 
     @classmethod
-    def load(cls, model_dir, device="cpu", dtype=torch.float32, kernels: bool = True) -> "Recognizer":
+    def load(cls, model_dir, device="cpu", dtype=torch.float32, kernels: bool = True, quantize: str | None = None,
+             quantize_output_layer: bool = False, quantized_path=None) -> "Recognizer":
         files = resolve_model_dir(model_dir)
         tokens = TokenList(files.tokens) if isinstance(files.tokens, list) else TokenList.load(files.tokens)
         fconf = dict(files.config.get("frontend_conf") or {})
@@ -65,7 +69,10 @@ class Recognizer:
             )
         cfg = build_config(files, len(tokens), frontend.output_size)
         model = Paraformer(cfg)
-        load_state_dict_strict(model, read_state_dict(files.weights), str(files.weights))
+        if quantize is None:
+            load_state_dict_strict(model, read_state_dict(files.weights), str(files.weights))
+        else:
+            _load_quantized(model, files.weights, quantize, quantize_output_layer, quantized_path)
         device = torch.device(device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("device='cuda' requested but torch sees no CUDA device; use device='cpu'")
@@ -76,7 +83,7 @@ class Recognizer:
                 f"(build_info: {__import__('paraformer_ext').build_info()}); rebuild, or pass kernels=False"
             )
         model.set_kernels(kernels)
-        return cls(model, frontend.to(device), tokens, device, kernels, files.root)
+        return cls(model, frontend.to(device), tokens, device, kernels, files.root, files.weights)
 
     # --- transcription ---------------------------------------------------------------------------------
 
@@ -113,11 +120,39 @@ class Recognizer:
         return results  # type: ignore[return-value]
 
 
-def load(model_dir, device="cpu", dtype=torch.float32, kernels: bool = True) -> Recognizer:
+def _load_quantized(model: Paraformer, weights: Path, quantize: str, output_layer: bool, quantized_path) -> None:
+    """Weights of an int8 model: a saved int8 file made from this model.pt, else quantize now and save it."""
+    from .quantize import default_int8_path, matching_saved, prepare_int8_shells, quantize_model, save_quantized
+
+    if quantize != "int8":
+        raise ValueError(f"quantize={quantize!r} not supported; use quantize='int8' or None")
+    path = Path(quantized_path) if quantized_path is not None else default_int8_path(weights)
+    payload = matching_saved(path, weights, output_layer)
+    if payload is not None:
+        prepare_int8_shells(model, payload["quantization"]["output_layer"])
+        load_state_dict_strict(model, payload["state_dict"], str(path))
+        return
+    load_state_dict_strict(model, read_state_dict(weights), str(weights))
+    quantize_model(model, output_layer)  # in float32, before any cast: exact scales, dtype-independent file
+    try:
+        save_quantized(model, path, source=weights)
+    except OSError as e:
+        import warnings
+
+        warnings.warn(f"could not save the int8 model to {path} ({e}); it will be requantized at the next load",
+                      stacklevel=3)
+
+
+def load(model_dir, device="cpu", dtype=torch.float32, kernels: bool = True, quantize: str | None = None,
+         quantize_output_layer: bool = False, quantized_path=None) -> Recognizer:
     """Load a FunASR Paraformer model directory (model.pt, config.yaml, am.mvn, tokens.json|tokens.txt).
 
     device: "cpu" or "cuda"; dtype: float32 / float16 / bfloat16 for encoder and decoder (the predictor
     and CIF stay float32); kernels: use the compiled ops (True) or the plain PyTorch reference (False).
     Both give the same tokens, so a speed-up can always be measured against the reference.
+    quantize="int8": int8 weights for the encoder and decoder Linear layers (quantize.py); the int8 model is
+    saved beside model.pt (or at quantized_path) on first use and reused while model.pt is unchanged.
+    quantize_output_layer: quantize the decoder's output layer too (off by default, as in FunASR).
     """
-    return Recognizer.load(model_dir, device=device, dtype=dtype, kernels=kernels)
+    return Recognizer.load(model_dir, device=device, dtype=dtype, kernels=kernels, quantize=quantize,
+                           quantize_output_layer=quantize_output_layer, quantized_path=quantized_path)
