@@ -298,7 +298,8 @@ std::tuple<at::Tensor, at::Tensor> int8_linear_epilogue_quantize_cpu(
     const c10::optional<at::Tensor>& ln_bias, double eps) {
   const char* op = "paraformer_ext.int8_linear_epilogue_quantize";
   const int8::EpilogueArgs a = int8::check_epilogue_args(acc, row_scale, col_scale, bias, op);
-  const int8::LnArgs ln = int8::check_ln_args(ln_weight, ln_bias, eps, a.N, a.acc, "acc", op, "ln_weight", "ln_bias", "N");
+  const int8::LnArgs ln =
+      int8::check_ln_args(ln_weight, ln_bias, eps, a.N, a.acc, "acc", op, "ln_weight", "ln_bias", "N");
   int8::check_row_length(a.N, op, "N");
   at::Tensor q = at::empty({a.M, a.N}, a.acc.options().dtype(at::kChar));
   at::Tensor scale = at::empty({a.M}, a.acc.options().dtype(at::kFloat));

@@ -67,7 +67,7 @@ struct EpilogueSource {
     if (bias != nullptr) load_vec<float, VEC>(bias + n, b);
     const float s = row_scale[m];
 #pragma unroll
-    for (int i = 0; i < VEC; ++i) v[i] = epilogue_value(a[i], s, cs[i], bias != nullptr ? b[i] : 0.f, bias != nullptr, relu);
+    for (int i = 0; i < VEC; ++i) v[i] = epilogue_value(a[i], s, cs[i], b[i], bias != nullptr, relu);
   }
 };
 
@@ -309,7 +309,8 @@ std::tuple<at::Tensor, at::Tensor> int8_linear_epilogue_quantize_cuda(
   const char* op = "paraformer_ext.int8_linear_epilogue_quantize";
   // Checks (devices included) come before the guard: a CPU acc reaching this kernel must fail them cleanly.
   const int8::EpilogueArgs a = int8::check_epilogue_args(acc, row_scale, col_scale, bias, op);
-  const int8::LnArgs ln = int8::check_ln_args(ln_weight, ln_bias, eps, a.N, a.acc, "acc", op, "ln_weight", "ln_bias", "N");
+  const int8::LnArgs ln =
+      int8::check_ln_args(ln_weight, ln_bias, eps, a.N, a.acc, "acc", op, "ln_weight", "ln_bias", "N");
   check_on_cuda(a.acc, op);
   const at::cuda::CUDAGuard guard(a.acc.device());
   int8::check_row_length(a.N, op, "N");
@@ -354,7 +355,7 @@ __global__ void __launch_bounds__(kEpilogueThreads)
     load_vec<int32_t, VEC>(acc + m * N + n, a);
     float y[VEC];
 #pragma unroll
-    for (int i = 0; i < VEC; ++i) y[i] = epilogue_value(a[i], s, cs[i], bias != nullptr ? b[i] : 0.f, bias != nullptr, relu);
+    for (int i = 0; i < VEC; ++i) y[i] = epilogue_value(a[i], s, cs[i], b[i], bias != nullptr, relu);
     if (res != nullptr) {
       out_t r[VEC];
       load_vec<out_t, VEC>(res + m * res_stride + n, r);
