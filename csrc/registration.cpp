@@ -18,4 +18,20 @@ TORCH_LIBRARY(paraformer_ext, m) {
   // Gradients of cif's embeds (and fires) w.r.t. hidden and alphas for the fire pattern of these inputs.
   m.def("cif_backward(Tensor grad_embeds, Tensor? grad_fires, Tensor hidden, Tensor alphas, Tensor? lengths, "
         "float threshold, float tail_threshold) -> (Tensor, Tensor)");
+
+  // Int8 (W8A8) linear building blocks (conventions in paraformer_ext/ops/int8.py; inference only, no autograd).
+  // Per-row symmetric quantization: x (M, K) float32/float16/bfloat16 -> (q (M, K) int8, scale (M,) float32)
+  // with scale = absmax / 127 and q = clamp(round_half_even(x / scale), -127, 127) (all-zero rows: 0, 0).
+  m.def("quantize_rows(Tensor x) -> (Tensor, Tensor)");
+  // y = act(float(acc) * row_scale[m] * col_scale[n] + bias[n]) + residual[m, n] in float32, in that order,
+  // written as out_dtype. acc: (M, N) int32 (torch._int_mm); row_scale (M,), col_scale (N,) float32;
+  // bias (N,) any float dtype; residual (M, N) of out_dtype (rows may be strided); act = ReLU or identity.
+  m.def("int8_linear_epilogue(Tensor acc, Tensor row_scale, Tensor col_scale, Tensor? bias, Tensor? residual, "
+        "bool relu, ScalarType out_dtype) -> Tensor");
+  // The epilogue's float row h (no residual), optionally LayerNorm'ed over N (ln_weight, ln_bias, eps), then
+  // quantized per row like quantize_rows: feeds the next int8 GEMM without writing h. Returns (q (M, N), scale (M,)).
+  m.def("int8_linear_epilogue_quantize(Tensor acc, Tensor row_scale, Tensor col_scale, Tensor? bias, bool relu, "
+        "Tensor? ln_weight, Tensor? ln_bias, float eps) -> (Tensor, Tensor)");
+  // LayerNorm over K (float32 statistics, biased variance) fused with quantize_rows: x (M, K) -> (q, scale).
+  m.def("layer_norm_quantize_rows(Tensor x, Tensor weight, Tensor bias, float eps) -> (Tensor, Tensor)");
 }
