@@ -1,7 +1,7 @@
 """Int8 (W8A8) linear building blocks: per-channel int8 weights, per-row (per-token) int8 activations, an
-int8 x int8 -> int32 GEMM (`torch._int_mm`) and a fused float32 epilogue. Inference only: none of these
-ops has autograd (quantization is not differentiable), and the compiled ops reject nothing on that
-ground, they simply have no backward.
+int8 x int8 -> int32 GEMM (`torch._int_mm`) and a fused float32 epilogue. Inference only: no op here has
+an autograd formula (rounding to int8 is not differentiable); run them under torch.inference_mode().
+The `_ref` functions are plain PyTorch and work without the compiled extension.
 
 Conventions (the compiled ops and the `_ref` twins below follow them bit for bit):
 
