@@ -129,7 +129,7 @@ def _load_quantized(model: Paraformer, weights: Path, quantize: str, output_laye
     path = Path(quantized_path) if quantized_path is not None else default_int8_path(weights)
     payload = matching_saved(path, weights, output_layer)
     if payload is not None:
-        prepare_int8_shells(model, payload["quantization"]["output_layer"])
+        prepare_int8_shells(model, payload["quantization"])
         load_state_dict_strict(model, payload["state_dict"], str(path))
         return
     load_state_dict_strict(model, read_state_dict(weights), str(weights))

@@ -160,6 +160,12 @@ def _check_weight(wq: torch.Tensor, w_scale: torch.Tensor, K: int) -> int:
     return wq.shape[0]
 
 
+def _int_gemm_exact(q: torch.Tensor, wq: torch.Tensor) -> torch.Tensor:
+    """q (M, K) int8 @ wq (N, K)ᵀ in float64 on the integer values (exact while K * 127 * 127 < 2^53), as int32:
+    what torch._int_mm returns."""
+    return (q.double() @ wq.double().t()).to(torch.int32)
+
+
 def int8_linear_from_quantized_ref(
     q: torch.Tensor,
     s: torch.Tensor,
@@ -178,8 +184,7 @@ def int8_linear_from_quantized_ref(
     K = q.shape[-1]
     N = _check_weight(wq, w_scale, K)
     lead = q.shape[:-1]
-    q2 = q.reshape(-1, K)
-    acc = (q2.double() @ wq.double().t()).to(torch.int32)
+    acc = _int_gemm_exact(q.reshape(-1, K), wq)
     res = None if residual is None else residual.reshape(-1, N)
     y = int8_linear_epilogue_ref(acc, s.reshape(-1), w_scale, bias, res, relu, out_dtype)
     return y.reshape(*lead, N)
@@ -383,3 +388,30 @@ def int8_linear_from_quantized(q, s, wq, w_scale, bias=None, residual=None, relu
     """`int8_linear_from_quantized_fn` or `int8_linear_from_quantized_ref`."""
     fn = int8_linear_from_quantized_fn if _use_kernels(q, kernels) else int8_linear_from_quantized_ref
     return fn(q, s, wq, w_scale, bias, residual, relu, out_dtype)
+
+
+def int8_linear_split(x, wq, w_scale, bias=None, residual=None, relu=False, out_dtype=None, *, kernels: bool = True):
+    """W8A8 with the activations carried in two int8 parts, for layers whose inputs need more than 8 bits.
+
+    x ≈ q_hi * s_hi + q_lo * s_lo, where q_lo quantizes the rounding error of q_hi (so about 15 bits survive);
+    one integer GEMM runs over the 2M stacked rows, and the two products are combined in float32:
+    y = act(acc_hi * s_hi * w_scale + bias + acc_lo * s_lo * w_scale) + residual. Weights stay int8.
+    x (..., K) -> (..., N) in out_dtype (default x.dtype). `kernels` picks the compiled ops or the references.
+    """
+    K = x.shape[-1]
+    N = _check_weight(wq, w_scale, K)
+    out_dtype = x.dtype if out_dtype is None else out_dtype
+    x2 = x.reshape(-1, K).float()
+    M = x2.shape[0]
+    q_hi, s_hi = quantize_rows(x2, kernels=kernels)
+    q_lo, s_lo = quantize_rows(x2 - q_hi.float() * s_hi[:, None], kernels=kernels)
+    stacked = torch.cat([q_hi, q_lo])
+    acc = int_mm(stacked, wq) if _use_kernels(x, kernels) else _int_gemm_exact(stacked, wq)
+    y = int8_linear_epilogue(acc[M:], s_lo, w_scale, None, None, False, torch.float32, kernels=kernels)
+    y = int8_linear_epilogue(acc[:M], s_hi, w_scale, bias, y, False, torch.float32, kernels=kernels)
+    if relu:
+        y = torch.relu_(y)
+    y = y.to(out_dtype)
+    if residual is not None:
+        y = y + residual.reshape(M, N)
+    return y.reshape(*x.shape[:-1], N)

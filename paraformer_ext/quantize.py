@@ -1,0 +1,208 @@
+"""int8 Paraformer: int8 weights with per-output-channel scales, activations quantized per token on the fly
+(W8A8), an integer GEMM and one epilogue pass (ops/int8.py).
+
+* Which layers: every nn.Linear of the encoder and the decoder (QKV / output projections of the SAN-M
+  attention, cross-attention, both FFN GEMMs). Not quantized, on purpose:
+  - the decoder's output layer (d → vocab) unless `output_layer=True`, as FunASR's own int8 export does: its
+    logits decide every token, and with the fused projection + argmax (ops/out_proj.py) it is a small share
+    of the time;
+  - the predictor (a Conv1d and a d → 1 Linear): it decides where tokens fire and stays float32, as in
+    FunASR (autocast off); it is 0.1 % of the weights;
+  - LayerNorms, the FSMN depthwise convolutions and biases (tiny, and precision-critical).
+* The GEMM is `torch._int_mm` (int8 × int8 → int32): on CPU oneDNN's VNNI kernels (3-4x the float32 GEMM
+  on the CI machine), on CUDA cuBLASLt's int8 tensor-core GEMM. Both are well-kept, tuned libraries reached
+  through torch; our kernels do what surrounds them (per-token quantization, dequantize + bias + ReLU +
+  residual in one pass: csrc/int8_*.cpp/.cu).
+* Saved models: `save_quantized` writes the int8 state_dict with the stat of the model.pt it came from;
+  `paraformer_ext.load(dir, quantize="int8")` uses that file when it matches (no requantizing at every
+  start) and writes it on first use.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ._ext import kernels_available_for
+from .ops.int8 import int8_linear_fn, int8_linear_ref, int8_linear_split, quantize_weight_ref
+
+FORMAT = "paraformer_ext-int8-v1"
+INT8_FILE = "model_int8.pt"
+
+
+class Int8Linear(nn.Module):
+    """y = act(x @ dequant(W).T + b) + residual with W int8 (N, K) and per-row scales (N,) float32.
+
+    Implements the Linear-like protocol of ops/linear.py: forward(x, residual=None, relu=False). x: (..., K)
+    in any float dtype; the output has x's dtype. Inference only (no gradients)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, bias_dtype=torch.float32, device=None,
+                 split_activations: bool = False):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.split_activations = split_activations  # two int8 parts per activation (ops/int8.py int8_linear_split)
+        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
+        self.register_buffer("weight_scale", torch.zeros(out_features, dtype=torch.float32, device=device))
+        self.register_buffer("bias", torch.zeros(out_features, dtype=bias_dtype, device=device) if bias else None)
+        self.kernels = False
+
+    @classmethod
+    def from_linear(cls, lin: nn.Linear, split_activations: bool = False) -> "Int8Linear":
+        q = cls(lin.in_features, lin.out_features, lin.bias is not None, lin.weight.dtype, lin.weight.device,
+                split_activations)
+        wq, scale = quantize_weight_ref(lin.weight.detach().float())
+        q.weight.copy_(wq)
+        q.weight_scale.copy_(scale)
+        if lin.bias is not None:
+            q.bias.copy_(lin.bias.detach())
+        return q
+
+    def _apply(self, fn, recurse=True):
+        # A dtype cast of the model (model.half()) must not round the scales: they stay float32 and only
+        # follow the device.
+        scale = self.weight_scale
+        super()._apply(fn, recurse)
+        self._buffers["weight_scale"] = scale.to(self.weight.device)
+        return self
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return self.weight.float() * self.weight_scale[:, None]
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
+        kernels = self.kernels and kernels_available_for(x.device)
+        if self.split_activations:
+            return int8_linear_split(x, self.weight, self.weight_scale, self.bias, residual, relu, x.dtype, kernels=kernels)
+        fn = int8_linear_fn if kernels else int8_linear_ref
+        return fn(x, self.weight, self.weight_scale, self.bias, residual=residual, relu=relu, out_dtype=x.dtype)
+
+    def extra_repr(self) -> str:
+        split = ", split activations" if self.split_activations else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, int8{split}"
+
+
+def _targets(model: nn.Module, output_layer: bool) -> list[tuple[str, nn.Module, str, nn.Linear]]:
+    """(full name, parent, attribute, Linear) of every Linear to quantize."""
+    found = []
+    for root_name in ("encoder", "decoder"):
+        root = getattr(model, root_name)
+        for parent_name, parent in root.named_modules():
+            for name, child in parent.named_children():
+                if type(child) is not nn.Linear:
+                    continue
+                if root_name == "decoder" and parent is root and name == "output_layer" and not output_layer:
+                    continue
+                found.append((".".join(p for p in (root_name, parent_name, name) if p), parent, name, child))
+    return found
+
+
+def split_by_default(name: str) -> bool:
+    """The encoder's QKV projections keep two int8 parts per activation. Measured on the golden `large` preset
+    (benchmarks/precision.py): they are the layers whose int8 error the decoder feels most (attention scores
+    amplify it): with 8-bit activations there, 52/68 token positions agree with float32; with split
+    activations there alone, 59/68, for one more int8 GEMM per encoder layer."""
+    return name.startswith("encoder.") and name.endswith(".linear_q_k_v")
+
+
+def quantize_model(model: nn.Module, output_layer: bool = False, split=split_by_default) -> nn.Module:
+    """Replace the Linear layers of a Paraformer's encoder and decoder by Int8Linear, in place.
+    split(name) -> bool: which layers carry their activations in two int8 parts."""
+    if getattr(model, "quantization", None):
+        raise ValueError(f"model is already quantized ({model.quantization})")
+    split_names = []
+    for full, parent, name, lin in _targets(model, output_layer):
+        q = Int8Linear.from_linear(lin, split_activations=bool(split(full)))
+        q.kernels = getattr(model, "kernels", False)
+        setattr(parent, name, q)
+        if q.split_activations:
+            split_names.append(full)
+    model.quantization = {"format": FORMAT, "output_layer": bool(output_layer), "split_activations": split_names}
+    return model
+
+
+def prepare_int8_shells(model: nn.Module, quantization: dict) -> nn.Module:
+    """The quantized model's structure with empty int8 layers, for loading a saved int8 state_dict."""
+    split = set(quantization.get("split_activations", []))
+    for full, parent, name, lin in _targets(model, quantization["output_layer"]):
+        setattr(parent, name, Int8Linear(lin.in_features, lin.out_features, lin.bias is not None, lin.weight.dtype,
+                                         lin.weight.device, split_activations=full in split))
+    model.quantization = dict(quantization)
+    return model
+
+
+def quantize(asr, output_layer: bool = False):
+    """Quantize a loaded Recognizer (or a bare Paraformer) to int8 in place and return it.
+
+    output_layer: also quantize the decoder's d → vocab projection (off by default, as FunASR does)."""
+    model = getattr(asr, "model", asr)
+    quantize_model(model, output_layer)
+    if hasattr(asr, "model"):
+        asr.quantization = "int8"
+    return asr
+
+
+# --- saving and loading ------------------------------------------------------------------------------------
+
+
+def source_stamp(weights: Path) -> dict:
+    """What identifies the float checkpoint a saved int8 model came from (cheap: no hashing of 1 GB)."""
+    st = os.stat(weights)
+    return {"name": Path(weights).name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def save_quantized(asr, path: str | os.PathLike, source: Path | None = None) -> Path:
+    """Write the int8 model's state_dict (+ what it was quantized from) to `path`."""
+    model = getattr(asr, "model", asr)
+    if not getattr(model, "quantization", None):
+        raise ValueError("save_quantized: the model is not quantized; call paraformer_ext.quantize(asr) first")
+    if source is None and getattr(asr, "model_dir", None) is not None:
+        source = getattr(asr, "weights_path", None)
+    payload = {
+        "format": FORMAT,
+        "quantization": model.quantization,
+        "source": source_stamp(source) if source is not None else None,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)  # never leave a half-written file where a later load would find it
+    return path
+
+
+def read_quantized(path: Path) -> dict:
+    from .checkpoint import ModelLoadError
+
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise ModelLoadError(f"{path}: cannot be read as a paraformer_ext int8 model ({type(e).__name__}: {e})") from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ModelLoadError(f"{path}: not a {FORMAT} file (found format {payload.get('format') if isinstance(payload, dict) else type(payload).__name__!r}); "
+                             "delete it to requantize")
+    return payload
+
+
+def default_int8_path(weights: Path) -> Path:
+    """model_int8.pt beside model.pt when that folder is writable, else a per-path file in the user cache."""
+    folder = Path(weights).parent
+    if os.access(folder, os.W_OK):
+        return folder / INT8_FILE
+    import hashlib
+
+    cache = Path(os.environ.get("PARAFORMER_EXT_CACHE", Path.home() / ".cache" / "paraformer_ext")) / "int8"
+    cache.mkdir(parents=True, exist_ok=True)
+    return cache / (hashlib.sha256(str(Path(weights).resolve()).encode()).hexdigest()[:16] + ".pt")
+
+
+def matching_saved(path: Path, weights: Path, output_layer: bool) -> dict | None:
+    """The saved int8 payload at `path` if it was made from exactly this model.pt with these settings."""
+    if not path.is_file():
+        return None
+    payload = read_quantized(path)
+    if payload.get("source") != source_stamp(weights) or payload["quantization"].get("output_layer") != output_layer:
+        warnings.warn(f"{path} was quantized from another model.pt or with other settings; requantizing", stacklevel=3)
+        return None
+    return payload
