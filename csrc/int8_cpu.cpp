@@ -185,11 +185,20 @@ struct EpilogueRows {
 
 int64_t row_grain(int64_t n) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, n)); }
 
-// Per row: stage it as float, LayerNorm it (when ln.w), then absmax and quantize.
+// The rounding error of a quantized row, h - float(q) * s, in place (product rounded, then the difference,
+// as the reference computes it).
+inline void residual_row(float* h, int64_t n, const int8_t* q, float s) {
+  for (int64_t i = 0; i < n; ++i) h[i] = h[i] - static_cast<float>(q[i]) * s;
+}
+
+// Per row: stage it as float, LayerNorm it (when ln.w), then absmax and quantize. With q_lo (split
+// activations), the row's rounding error is quantized again into q_lo with its own scale.
 template <typename Source>
-void quantize_rows_kernel(const Source& src, int64_t M, int64_t N, const LnPtrs& ln, int8_t* q, float* scale) {
+void quantize_rows_kernel(const Source& src, int64_t M, int64_t N, const LnPtrs& ln, int8_t* q, float* scale,
+                          int8_t* q_lo = nullptr, float* scale_lo = nullptr) {
   if (N == 0) {  // an empty row has absmax 0, hence scale 0
     std::fill(scale, scale + M, 0.f);
+    if (scale_lo) std::fill(scale_lo, scale_lo + M, 0.f);
     return;
   }
   at::parallel_for(0, M, row_grain(N), [&](int64_t begin, int64_t end) {
@@ -200,6 +209,12 @@ void quantize_rows_kernel(const Source& src, int64_t M, int64_t N, const LnPtrs&
       const float s = absmax(h.data(), N) / 127.f;
       scale[m] = s;
       quantize_row(h.data(), N, s, q + m * N);
+      if (q_lo) {
+        residual_row(h.data(), N, q + m * N, s);
+        const float s_lo = absmax(h.data(), N) / 127.f;
+        scale_lo[m] = s_lo;
+        quantize_row(h.data(), N, s_lo, q_lo + m * N);
+      }
     }
   });
 }
@@ -259,6 +274,32 @@ std::tuple<at::Tensor, at::Tensor> activation_quantize(const at::Tensor& x_in, c
   return {q, scale};
 }
 
+// q (2M, K): the M high rows, then the M rows of their rounding errors; one integer GEMM then covers both.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_rows_split_cpu(const at::Tensor& x_in,
+                                                                      const c10::optional<at::Tensor>& ln_weight,
+                                                                      const c10::optional<at::Tensor>& ln_bias,
+                                                                      double eps) {
+  const char* op = "paraformer_ext.quantize_rows_split";
+  int8::check_activation(x_in, op, "x");
+  const int8::LnArgs ln = int8::check_ln_args(ln_weight, ln_bias, eps, x_in.size(1), x_in, "x", op, "ln_weight",
+                                              "ln_bias", "K");
+  const at::Tensor x = int8::last_dim_contiguous(x_in);
+  const int64_t M = x.size(0), K = x.size(1);
+  int8::check_row_length(K, op, "K");
+  at::Tensor q = at::empty({2 * M, K}, x.options().dtype(at::kChar));
+  at::Tensor scale = at::empty({M}, x.options().dtype(at::kFloat));
+  at::Tensor scale_lo = at::empty({M}, x.options().dtype(at::kFloat));
+  if (M == 0) return {q, scale, scale_lo};
+  const LnPtrs lp = ln_ptrs(ln);
+  int8::dispatch_activation(x.scalar_type(), op, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    const ActivationRows<scalar_t> src{x.data_ptr<scalar_t>(), x.stride(0)};
+    quantize_rows_kernel(src, M, K, lp, q.data_ptr<int8_t>(), scale.data_ptr<float>(), q.data_ptr<int8_t>() + M * K,
+                         scale_lo.data_ptr<float>());
+  });
+  return {q, scale, scale_lo};
+}
+
 std::tuple<at::Tensor, at::Tensor> quantize_rows_cpu(const at::Tensor& x) {
   const char* op = "paraformer_ext.quantize_rows";
   int8::check_activation(x, op, "x");
@@ -312,6 +353,7 @@ std::tuple<at::Tensor, at::Tensor> int8_linear_epilogue_quantize_cpu(
 
 TORCH_LIBRARY_IMPL(paraformer_ext, CPU, m) {
   m.impl("quantize_rows", &quantize_rows_cpu);
+  m.impl("quantize_rows_split", &quantize_rows_split_cpu);
   m.impl("int8_linear_epilogue", &int8_linear_epilogue_cpu);
   m.impl("int8_linear_epilogue_quantize", &int8_linear_epilogue_quantize_cpu);
   m.impl("layer_norm_quantize_rows", &layer_norm_quantize_rows_cpu);

@@ -123,7 +123,7 @@ __device__ __forceinline__ int8_t quantize_value(float v, float s) {
 template <typename Source, int VEC, bool kCached>
 __global__ void __launch_bounds__(kMaxRowThreads)
     quantize_rows_kernel(Source src, LnParams ln, int8_t* __restrict__ q, float* __restrict__ scale, int64_t M,
-                         int64_t N) {
+                         int64_t N, int8_t* __restrict__ q_lo, float* __restrict__ scale_lo) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   float* row = reinterpret_cast<float*>(smem_raw);
   __shared__ float scratch[32];
@@ -198,13 +198,47 @@ __global__ void __launch_bounds__(kMaxRowThreads)
     const float s = __fdiv_rn(__uint_as_float(block_max_bits(amax, scratch_bits)), 127.f);
     if (threadIdx.x == 0) scale[m] = s;
     int8_t* qrow = q + m * N;
-    for (int64_t g = threadIdx.x; g < groups; g += blockDim.x) {
-      float v[VEC];
+    // Split activations: r = v - float(q) * s (product rounded, then the difference, as the reference does),
+    // kept in the row cache when there is one, else recomputed for the second pass.
+    auto quantized = [&](int64_t g, float (&v)[VEC], int8_t (&o)[VEC]) {
       fetch(g, v, has_ln);
-      int8_t o[VEC];
 #pragma unroll
       for (int i = 0; i < VEC; ++i) o[i] = s == 0.f ? int8_t(0) : quantize_value(v[i], s);
+    };
+    auto rounding_error = [&](float (&v)[VEC], const int8_t (&o)[VEC]) {
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) v[i] = __fsub_rn(v[i], __fmul_rn(__int2float_rn(o[i]), s));
+    };
+    unsigned int amax_lo = 0;
+    for (int64_t g = threadIdx.x; g < groups; g += blockDim.x) {
+      float v[VEC];
+      int8_t o[VEC];
+      quantized(g, v, o);
       store_vec<int8_t, VEC>(qrow + g * VEC, o);
+      if (q_lo != nullptr) {
+        rounding_error(v, o);
+        if constexpr (kCached) store_vec<float, VEC>(row + g * VEC, v);
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) amax_lo = max(amax_lo, abs_bits(v[i]));
+      }
+    }
+    if (q_lo == nullptr) continue;
+    const float s_lo = __fdiv_rn(__uint_as_float(block_max_bits(amax_lo, scratch_bits)), 127.f);
+    if (threadIdx.x == 0) scale_lo[m] = s_lo;
+    int8_t* qlo_row = q_lo + m * N;
+    for (int64_t g = threadIdx.x; g < groups; g += blockDim.x) {
+      float v[VEC];
+      if constexpr (kCached) {
+        load_vec<float, VEC>(row + g * VEC, v);
+      } else {
+        int8_t o[VEC];
+        quantized(g, v, o);
+        rounding_error(v, o);
+      }
+      int8_t o[VEC];
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) o[i] = s_lo == 0.f ? int8_t(0) : quantize_value(v[i], s_lo);
+      store_vec<int8_t, VEC>(qlo_row + g * VEC, o);
     }
   }
 }
@@ -216,7 +250,7 @@ int row_threads(int64_t groups) {
 
 template <typename Source>
 void launch_quantize_rows(const Source& src, const LnParams& ln, at::Tensor& q, at::Tensor& scale, int64_t M,
-                          int64_t N, cudaStream_t stream) {
+                          int64_t N, cudaStream_t stream, int8_t* q_lo = nullptr, float* scale_lo = nullptr) {
   constexpr int VEC = Source::kVec;
   const int64_t groups = N / VEC;
   const int threads = row_threads(groups);
@@ -224,10 +258,10 @@ void launch_quantize_rows(const Source& src, const LnParams& ln, at::Tensor& q, 
   const int64_t cache_bytes = N * static_cast<int64_t>(sizeof(float));
   if (cache_bytes <= kRowCacheBytes) {
     quantize_rows_kernel<Source, VEC, true><<<grid, threads, cache_bytes, stream>>>(
-        src, ln, q.data_ptr<int8_t>(), scale.data_ptr<float>(), M, N);
+        src, ln, q.data_ptr<int8_t>(), scale.data_ptr<float>(), M, N, q_lo, scale_lo);
   } else {
-    quantize_rows_kernel<Source, VEC, false><<<grid, threads, 0, stream>>>(src, ln, q.data_ptr<int8_t>(),
-                                                                          scale.data_ptr<float>(), M, N);
+    quantize_rows_kernel<Source, VEC, false><<<grid, threads, 0, stream>>>(
+        src, ln, q.data_ptr<int8_t>(), scale.data_ptr<float>(), M, N, q_lo, scale_lo);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -253,17 +287,24 @@ void check_on_cuda(const at::Tensor& t, const char* op) {
               "to the same device");
 }
 
+// split: q gets 2M rows (the M rows, then their rounding errors) and scale_lo their scales.
 std::tuple<at::Tensor, at::Tensor> activation_quantize(const at::Tensor& x_in, const int8::LnArgs& ln,
-                                                       const char* op) {
+                                                       const char* op, at::Tensor* scale_lo = nullptr) {
   check_on_cuda(x_in, op);
   const at::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = int8::last_dim_contiguous(x_in);
   const int64_t M = x.size(0), K = x.size(1);
   int8::check_row_length(K, op, "K");
-  at::Tensor q = at::empty({M, K}, x.options().dtype(at::kChar));
+  at::Tensor q = at::empty({scale_lo ? 2 * M : M, K}, x.options().dtype(at::kChar));
   at::Tensor scale = at::empty({M}, x.options().dtype(at::kFloat));
+  if (scale_lo) *scale_lo = at::empty({M}, x.options().dtype(at::kFloat));
   if (M == 0) return {q, scale};
-  if (K == 0) return {q, scale.zero_()};
+  if (K == 0) {
+    if (scale_lo) scale_lo->zero_();
+    return {q, scale.zero_()};
+  }
+  int8_t* q_lo = scale_lo ? q.data_ptr<int8_t>() + M * K : nullptr;
+  float* s_lo = scale_lo ? scale_lo->data_ptr<float>() : nullptr;
   const LnParams lp = ln_params(ln);
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   int8::dispatch_activation(x.scalar_type(), op, [&](auto tag) {
@@ -271,9 +312,11 @@ std::tuple<at::Tensor, at::Tensor> activation_quantize(const at::Tensor& x_in, c
     constexpr int VEC = 16 / sizeof(scalar_t);
     const int64_t stride = M > 1 ? x.stride(0) : K;
     if (vec_ok(x.data_ptr(), stride, K, VEC, sizeof(scalar_t)))
-      launch_quantize_rows(ActivationSource<scalar_t, VEC>{x.data_ptr<scalar_t>(), stride}, lp, q, scale, M, K, stream);
+      launch_quantize_rows(ActivationSource<scalar_t, VEC>{x.data_ptr<scalar_t>(), stride}, lp, q, scale, M, K, stream,
+                           q_lo, s_lo);
     else
-      launch_quantize_rows(ActivationSource<scalar_t, 1>{x.data_ptr<scalar_t>(), stride}, lp, q, scale, M, K, stream);
+      launch_quantize_rows(ActivationSource<scalar_t, 1>{x.data_ptr<scalar_t>(), stride}, lp, q, scale, M, K, stream,
+                           q_lo, s_lo);
   });
   return {q, scale};
 }
@@ -290,6 +333,19 @@ std::tuple<at::Tensor, at::Tensor> layer_norm_quantize_rows_cuda(const at::Tenso
   int8::check_activation(x, op, "x");
   const int8::LnArgs ln = int8::check_ln_args(weight, bias, eps, x.size(1), x, "x", op, "weight", "bias", "K");
   return activation_quantize(x, ln, op);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_rows_split_cuda(const at::Tensor& x,
+                                                                       const c10::optional<at::Tensor>& ln_weight,
+                                                                       const c10::optional<at::Tensor>& ln_bias,
+                                                                       double eps) {
+  const char* op = "paraformer_ext.quantize_rows_split";
+  int8::check_activation(x, op, "x");
+  const int8::LnArgs ln = int8::check_ln_args(ln_weight, ln_bias, eps, x.size(1), x, "x", op, "ln_weight",
+                                              "ln_bias", "K");
+  at::Tensor scale_lo;
+  auto [q, scale] = activation_quantize(x, ln, op, &scale_lo);
+  return {q, scale, scale_lo};
 }
 
 // The epilogue's vector path reads 4 int32 accumulators (16 bytes) and the matching scales, bias and residual.
@@ -412,6 +468,7 @@ at::Tensor int8_linear_epilogue_cuda(const at::Tensor& acc, const at::Tensor& ro
 
 TORCH_LIBRARY_IMPL(paraformer_ext, CUDA, m) {
   m.impl("quantize_rows", &quantize_rows_cuda);
+  m.impl("quantize_rows_split", &quantize_rows_split_cuda);
   m.impl("int8_linear_epilogue", &int8_linear_epilogue_cuda);
   m.impl("int8_linear_epilogue_quantize", &int8_linear_epilogue_quantize_cuda);
   m.impl("layer_norm_quantize_rows", &layer_norm_quantize_rows_cuda);

@@ -34,4 +34,8 @@ TORCH_LIBRARY(paraformer_ext, m) {
         "Tensor? ln_weight, Tensor? ln_bias, float eps) -> (Tensor, Tensor)");
   // LayerNorm over K (float32 statistics, biased variance) fused with quantize_rows: x (M, K) -> (q, scale).
   m.def("layer_norm_quantize_rows(Tensor x, Tensor weight, Tensor bias, float eps) -> (Tensor, Tensor)");
+  // Split activations: x (M, K) (LayerNorm'ed first when ln_weight is given) quantized per row, then the rows'
+  // rounding errors x - q * scale quantized again. Returns (q (2M, K) int8: the M rows, then the M error rows,
+  // scale (M,), scale_lo (M,)), so one integer GEMM covers both parts.
+  m.def("quantize_rows_split(Tensor x, Tensor? ln_weight, Tensor? ln_bias, float eps) -> (Tensor, Tensor, Tensor)");
 }

@@ -362,6 +362,60 @@ def test_cuda_gemm_shape_rule(device):
                  torch.zeros(8, 12, dtype=torch.int8, device=device))
 
 
+# --- split activations ------------------------------------------------------------------------------------
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("M,K", list(itertools.product([0, 1, 7, 100], [1, 64, 512])))
+def test_quantize_rows_split_matches_reference(device, dtype, M, K):
+    x = _activations(M, K, dtype, device, seed=M * 31 + K)
+    q, s, s_lo = I.quantize_rows_split_fn(x)
+    q_ref, s_ref, s_lo_ref = I.quantize_rows_split_ref(x)
+    assert q.shape == (2 * M, K)
+    _assert_q_equal(q[:M], s, q_ref[:M], s_ref)
+    _assert_q_equal(q[M:], s_lo, q_ref[M:], s_lo_ref)
+    # the high half is exactly quantize_rows; together they carry ~7 more bits
+    _assert_q_equal(q[:M], s, *I.quantize_rows_ref(x))
+    if M and K > 1:
+        xf = x.float().cpu()
+        fin = torch.isfinite(xf).all(1) & (xf.abs().amax(1) < 1e20)
+        one = q[:M].float().cpu() * s.cpu()[:, None]
+        two = one + q[M:].float().cpu() * s_lo.cpu()[:, None]
+        e1, e2 = (one - xf)[fin].abs().max(), (two - xf)[fin].abs().max()
+        assert e2 <= e1 / 100 or e1 == 0
+
+
+@needs_kernels
+def test_quantize_rows_split_with_layer_norm_and_strides(device):
+    x = _activations(50, 512, torch.float32, device, seed=7, specials=False)
+    w, b = _ln_params(512, device, seed=8)
+    q, s, s_lo = I.quantize_rows_split_fn(x, w, b, 1e-12)
+    q_ref, s_ref, s_lo_ref = I.quantize_rows_split_ref(x, w, b, 1e-12)
+    _assert_q_close(q[:50], s, q_ref[:50], s_ref)
+    # the error rows are tiny quantities: compare the reconstruction instead of individual levels
+    h = F.layer_norm(x.float(), (512,), w, b, 1e-12).cpu()
+    two = (q[:50].float() * s[:, None] + q[50:].float() * s_lo[:, None]).cpu()
+    assert (two - h).abs().max() < 2e-4 * h.abs().max()
+    wide = _activations(20, 192, torch.bfloat16, device, seed=9)
+    got = I.quantize_rows_split_fn(wide[:, 64:128])
+    want = I.quantize_rows_split_ref(wide[:, 64:128].contiguous())
+    for a, r in zip(got, want):
+        assert torch.equal(a.cpu(), r.cpu())
+
+
+@needs_kernels
+def test_int8_linear_split_kernels_equal_reference(device):
+    g = _gen(3)
+    x = torch.randn(2, 33, 256, generator=g).to(device)
+    wq, ws = I.quantize_weight_ref(torch.randn(96, 256, generator=g).to(device))
+    bias = torch.randn(96, generator=g).to(device)
+    for dt in DTYPES:
+        got = I.int8_linear_split(x.to(dt), wq, ws, bias, kernels=True)
+        want = I.int8_linear_split(x.to(dt), wq, ws, bias, kernels=False)
+        assert got.dtype == dt and torch.equal(got.cpu(), want.cpu())
+
+
 # --- opcheck and errors ---------------------------------------------------------------------------------------
 
 
@@ -381,6 +435,8 @@ def test_opcheck(device):
         torch.library.opcheck(ops.int8_linear_epilogue_quantize.default, args)
     torch.library.opcheck(ops.layer_norm_quantize_rows.default, (x, w, b, 1e-5))
     torch.library.opcheck(ops.layer_norm_quantize_rows.default, (x.bfloat16(), w, b, 1e-12))
+    torch.library.opcheck(ops.quantize_rows_split.default, (x, None, None, 1e-12))
+    torch.library.opcheck(ops.quantize_rows_split.default, (x.clamp(-1e4, 1e4).half(), w, b, 1e-12))  # no inf: NaN != NaN
 
 
 @needs_kernels

@@ -149,6 +149,27 @@ def layer_norm_quantize_rows_ref(
     return quantize_rows_ref(h)
 
 
+def quantize_rows_split_ref(
+    x: torch.Tensor, ln_weight: torch.Tensor | None = None, ln_bias: torch.Tensor | None = None,
+    eps: float = LAYER_NORM_EPS,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Split activations: x (M, K) float (LayerNorm'ed first when ln_weight is given) quantized per row as
+    `quantize_rows_ref`, then its rounding error r = x_f32 - float(q) * scale quantized again the same way.
+
+    Returns (q (2M, K) int8: the M rows, then the M error rows; scale (M,), scale_lo (M,) float32), so that
+    x ≈ q[:M] * scale + q[M:] * scale_lo keeps about 15 bits, and one integer GEMM covers both parts.
+    """
+    _check_2d_float(x, "x")
+    xf = x.float()
+    if ln_weight is not None:
+        xf = F.layer_norm(xf, (xf.shape[-1],), ln_weight.float(), None if ln_bias is None else ln_bias.float(), eps)
+    s = _row_scale(xf)
+    q = _quantize_with_scale(xf, s)
+    r = xf - q.float() * s[:, None]
+    s_lo = _row_scale(r)
+    return torch.cat([q, _quantize_with_scale(r, s_lo)]).contiguous(), s, s_lo
+
+
 def _check_weight(wq: torch.Tensor, w_scale: torch.Tensor, K: int) -> int:
     if wq.dim() != 2 or wq.dtype != torch.int8:
         raise ValueError(f"wq must be a 2-D int8 (N, K) tensor (from quantize_weight_ref), got {wq.dtype} "
@@ -223,6 +244,13 @@ if has_kernels():
         torch._check(x.dim() == 2, lambda: "x must be (M, K)")
         return x.new_empty(x.shape, dtype=torch.int8), x.new_empty((x.shape[0],), dtype=torch.float32)
 
+    @torch.library.register_fake("paraformer_ext::quantize_rows_split")
+    def _quantize_rows_split_fake(x, ln_weight, ln_bias, eps):
+        torch._check(x.dim() == 2, lambda: "x must be (M, K)")
+        M = x.shape[0]
+        f32 = dict(dtype=torch.float32)
+        return x.new_empty((2 * M, x.shape[1]), dtype=torch.int8), x.new_empty((M,), **f32), x.new_empty((M,), **f32)
+
     @torch.library.register_fake("paraformer_ext::int8_linear_epilogue")
     def _epilogue_fake(acc, row_scale, col_scale, bias, residual, relu, out_dtype):
         torch._check(acc.dim() == 2, lambda: "acc must be (M, N)")
@@ -242,6 +270,12 @@ if has_kernels():
 def quantize_rows_fn(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The compiled `quantize_rows` op; same signature and result as `quantize_rows_ref` (bit-exact)."""
     return torch.ops.paraformer_ext.quantize_rows(x)
+
+
+def quantize_rows_split_fn(x, ln_weight=None, ln_bias=None, eps: float = LAYER_NORM_EPS):
+    """The compiled split quantization; same signature and result as `quantize_rows_split_ref` (bit-exact
+    without LayerNorm; with it, within the LayerNorm tolerance of `layer_norm_quantize_rows_fn`)."""
+    return torch.ops.paraformer_ext.quantize_rows_split(x, ln_weight, ln_bias, eps)
 
 
 def int8_linear_epilogue_fn(
@@ -390,23 +424,26 @@ def int8_linear_from_quantized(q, s, wq, w_scale, bias=None, residual=None, relu
     return fn(q, s, wq, w_scale, bias, residual, relu, out_dtype)
 
 
+def quantize_rows_split(x, ln_weight=None, ln_bias=None, eps=LAYER_NORM_EPS, *, kernels: bool = True):
+    """`quantize_rows_split_fn` or `quantize_rows_split_ref`."""
+    return (quantize_rows_split_fn if _use_kernels(x, kernels) else quantize_rows_split_ref)(x, ln_weight, ln_bias, eps)
+
+
 def int8_linear_split(x, wq, w_scale, bias=None, residual=None, relu=False, out_dtype=None, *, kernels: bool = True):
     """W8A8 with the activations carried in two int8 parts, for layers whose inputs need more than 8 bits.
 
-    x ≈ q_hi * s_hi + q_lo * s_lo, where q_lo quantizes the rounding error of q_hi (so about 15 bits survive);
-    one integer GEMM runs over the 2M stacked rows, and the two products are combined in float32:
-    y = act(acc_hi * s_hi * w_scale + bias + acc_lo * s_lo * w_scale) + residual. Weights stay int8.
+    x ≈ q_hi * s_hi + q_lo * s_lo (`quantize_rows_split`: q_lo quantizes the rounding error of q_hi, so about
+    15 bits survive); one integer GEMM runs over the 2M stacked rows, and the two products are combined in
+    float32: y = act(acc_hi * s_hi * w_scale + bias + acc_lo * s_lo * w_scale) + residual. Weights stay int8.
     x (..., K) -> (..., N) in out_dtype (default x.dtype). `kernels` picks the compiled ops or the references.
     """
     K = x.shape[-1]
     N = _check_weight(wq, w_scale, K)
     out_dtype = x.dtype if out_dtype is None else out_dtype
-    x2 = x.reshape(-1, K).float()
+    x2 = x.reshape(-1, K)
     M = x2.shape[0]
-    q_hi, s_hi = quantize_rows(x2, kernels=kernels)
-    q_lo, s_lo = quantize_rows(x2 - q_hi.float() * s_hi[:, None], kernels=kernels)
-    stacked = torch.cat([q_hi, q_lo])
-    acc = int_mm(stacked, wq) if _use_kernels(x, kernels) else _int_gemm_exact(stacked, wq)
+    q, s_hi, s_lo = quantize_rows_split(x2, kernels=kernels)
+    acc = int_mm(q, wq) if _use_kernels(x, kernels) else _int_gemm_exact(q, wq)
     y = int8_linear_epilogue(acc[M:], s_lo, w_scale, None, None, False, torch.float32, kernels=kernels)
     y = int8_linear_epilogue(acc[:M], s_hi, w_scale, bias, y, False, torch.float32, kernels=kernels)
     if relu:
