@@ -18,4 +18,16 @@ TORCH_LIBRARY(paraformer_ext, m) {
   // Gradients of cif's embeds (and fires) w.r.t. hidden and alphas for the fire pattern of these inputs.
   m.def("cif_backward(Tensor grad_embeds, Tensor? grad_fires, Tensor hidden, Tensor alphas, Tensor? lengths, "
         "float threshold, float tail_threshold) -> (Tensor, Tensor)");
+  // Output projection + log_softmax + argmax without the (M, V) logits (semantics in paraformer_ext/ops/out_proj.py).
+  // x: (M, D) float32/float16/bfloat16; weight: (V, D) of x's dtype, or int8 with weight_scale (V,) float32
+  // (x is then quantized per row); bias: (V,) or None; chunk: vocabulary columns per tile, 0 = automatic.
+  // Returns (ids (M,) int64, logp (M,) float32): the argmax of each row's logits (lowest index on ties) and
+  // its log-probability. Inference only: no autograd.
+  m.def("out_proj_argmax(Tensor x, Tensor weight, Tensor? bias, Tensor? weight_scale, int chunk) -> (Tensor, Tensor)");
+}
+
+// Not differentiable (an argmax and its log-probability for decoding): autograd passes straight through, so
+// the outputs never require grad, even for an nn.Linear's parameters outside no_grad.
+TORCH_LIBRARY_IMPL(paraformer_ext, Autograd, m) {
+  m.impl("out_proj_argmax", torch::CppFunction::makeFallthrough());
 }
