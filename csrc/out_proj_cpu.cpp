@@ -19,6 +19,8 @@ namespace {
 
 constexpr int kLanes = 16;  // one AVX-512 register of floats; plain arrays so the compiler vectorises them
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+constexpr int64_t kMinRowsPerThread = 128;  // below this a row block's GEMM is bound by reading the weight
+constexpr int64_t kMinParallelMacs = int64_t(1) << 24;
 
 // exp(x) for x <= 0 (NaN passes through) as straight-line arithmetic the compiler can vectorise, unlike
 // std::exp. Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, then the degree-7 Taylor polynomial of e^r
@@ -164,13 +166,22 @@ std::tuple<at::Tensor, at::Tensor> out_proj_argmax_cpu(const at::Tensor& x_in, c
 
   // Work items are (row block, vocabulary part); each thread runs its items start to end with its own tile
   // and single-threaded GEMMs, so the tile never leaves the core that wrote it and the whole op is one
-  // parallel region (no barrier per chunk). Few rows: the vocabulary is split too, and the parts' states
-  // are merged at the end (lse_combine does not depend on the order).
-  const int64_t threads = std::max(1, at::get_num_threads());
+  // parallel region (no barrier per chunk). Every row block streams the whole weight (its part of it) once,
+  // so blocks of few rows make the GEMM bound by reading the weight: with few rows the rows stay together
+  // and the vocabulary is split among the threads instead; the parts' states are merged at the end
+  // (lse_combine does not depend on the order). Many rows: a multiple of `threads` blocks of equal size.
+  // A small product (one decoder step) is not worth waking the other threads for.
+  const bool small = s.M * s.V * s.D < kMinParallelMacs;
+  const int64_t threads = small ? 1 : std::max(1, at::get_num_threads());
   OutProjPlan p = plan_out_proj(s, chunk, 1024, cpu_tile_budget(), 16, 8192);
-  p.rows = std::max<int64_t>(1, std::min(p.rows, (s.M + threads - 1) / threads));
-  const int64_t n_blocks = (s.M + p.rows - 1) / p.rows, n_chunks = (s.V + p.cols - 1) / p.cols;
-  const int64_t parts = n_blocks >= threads ? 1 : std::min(n_chunks, (threads + n_blocks - 1) / n_blocks);
+  const int64_t n_chunks = (s.V + p.cols - 1) / p.cols;
+  int64_t n_blocks = (s.M + p.rows - 1) / p.rows, parts = 1;
+  if (n_blocks < threads && s.M < threads * kMinRowsPerThread)
+    parts = std::min(n_chunks, (threads + n_blocks - 1) / n_blocks);
+  else
+    n_blocks = (std::max(n_blocks, threads) + threads - 1) / threads * threads;
+  p.rows = (s.M + n_blocks - 1) / n_blocks;  // <= the budget's rows, and blocks of (nearly) equal size
+  n_blocks = (s.M + p.rows - 1) / p.rows;
   const auto opts = x.options();
   // Row states through torch's allocator like every other buffer here, so memory profiles see them.
   const int64_t n_states = parts * s.M, state_bytes = static_cast<int64_t>(sizeof(LseState<double>));
@@ -179,7 +190,8 @@ std::tuple<at::Tensor, at::Tensor> out_proj_argmax_cpu(const at::Tensor& x_in, c
   std::fill(state, state + n_states, LseState<double>{kNegInf, 0.0, -1});
   const at::ThreadLocalState tls;  // worker threads must dispatch like this one (below autograd, modes)
 
-  at::parallel_for(0, n_blocks * parts, 1, [&](int64_t begin, int64_t end) {
+  const int64_t items = n_blocks * parts;
+  at::parallel_for(0, items, small ? items + 1 : 1, [&](int64_t begin, int64_t end) {
     const at::ThreadLocalStateGuard tls_guard(tls);
     // A thread's scratch memory: one tile, the chunk's bias / scale when they need a cast, a float row and,
     // for int8, the block's quantized rows. None of it grows with V.
