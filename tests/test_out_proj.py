@@ -89,6 +89,7 @@ SHAPES = [  # (M, D, V): every M in {0, 1, 5, 17, 300}, D in {1, 64, 512}, V in 
     (17, 1, 8404),
     (300, 64, 7),
     (1, 1, 1),
+    (17, 512, 8404),  # CPU: few rows, big product: the vocabulary is split among the threads
 ]
 
 
@@ -102,6 +103,22 @@ def test_matches_reference(device, M, D, V, kind, with_bias):
     for chunk in [0, 1, 100, 4096, V + 1]:
         ids, logp = out_proj_argmax_fn(x, w, b, ws, chunk)
         _assert_matches(ids, logp, x, w, b, ws, kind)
+
+
+@pytest.mark.parametrize("kind", ["fp32", "int8"])
+def test_any_thread_count(kind):
+    """CPU work split: row blocks per thread, or the vocabulary split when rows are few (parts merged at the
+    end); the answer must not depend on how many threads there are."""
+    saved = torch.get_num_threads()
+    try:
+        for M in (17, 64, 300, 1100):
+            x, w, b, ws = _inputs(M, 512, 8404, kind, "cpu", seed=M)
+            for threads in (1, 2, 3, 4):
+                torch.set_num_threads(threads)
+                ids, logp = out_proj_argmax_fn(x, w, b, ws)
+                _assert_matches(ids, logp, x, w, b, ws, kind)
+    finally:
+        torch.set_num_threads(saved)
 
 
 @pytest.mark.parametrize("kind", KINDS)
