@@ -19,8 +19,8 @@ Semantics (tested in tests/test_out_proj.py):
   quantized per row: scale = absmax / 127 (float32), q = round-half-even(x / scale) clamped to ±127, an
   all-zero row gets scale 0 and q = 0. The int8 GEMM accumulates exactly in int32, and
   logit = ((float(acc) · x_scale[m]) · weight_scale[v]) + bias[v] in float32, each step rounded, bias cast
-  to float32. `_ref` does the same with an exact float64 GEMM on the integer values, so both see the same
-  logits bit for bit. A row of x with inf or NaN gets scale NaN: its logp is NaN. On CUDA, D must be a
+  to float32. `_ref` does the same with an exact float64 GEMM on the integer values, so both have the same
+  logits by construction (exact products, the same rounded float32 steps; no FMA contraction). A row of x with inf or NaN gets scale NaN: its logp is NaN. On CUDA, D must be a
   multiple of 8 and `chunk` is rounded up to a multiple of 8 (cuBLASLt's int8 GEMM); blocks of ≤ 16 rows are
   padded with zero rows (it needs more than 16).
 * **Ties.** The lowest index wins among equal maxima (torch.argmax's rule on CPU), also across chunks.
@@ -29,13 +29,16 @@ Semantics (tested in tests/test_out_proj.py):
   id 0 and logp −log V. (`_ref` gives NaN for the +inf and all −inf rows: log_softmax computes inf − inf.)
   A NaN logit makes the row's logp NaN and its id the first NaN's column (torch.argmax's rule on the
   logits; `_ref` returns 0 there because log_softmax spreads the NaN over the whole row).
-* **Chunking.** chunk = 0 picks the tile automatically: 1024 columns on CPU (rows so the float32 tile is
-  each thread's L2 share, ≤ 8 MB), 2048 on CUDA (rows so it is ≤ half of L2). The results do not depend
-  on chunk beyond float rounding of the sums (the GEMM's own blocking may also change the logits by an ulp).
-  The scratch memory is one tile plus O(rows + chunk) vectors, never O(V) nor O(M · V); an explicit chunk
-  > V means one chunk of V columns.
+* **Chunking.** chunk = 0 picks the tile automatically: on CPU 1024 columns and rows so that the float32
+  tile fits one core's L2 (≤ 4 MB); each thread owns a tile and runs whole row blocks (or, when rows are
+  few, a share of the vocabulary) with single-threaded GEMMs, so the tile is read back by the core that
+  wrote it. On CUDA 2048 columns and rows so that the tile is ≤ half of L2. The results do not depend on
+  chunk or the thread count beyond float rounding of the sums (a GEMM blocked differently may also move
+  a logit by an ulp). The scratch memory is a tile per thread (CPU) or one tile (CUDA) plus O(rows +
+  chunk) vectors and O(M) row states, never O(V) nor O(M · V); an explicit chunk > V means one chunk of
+  V columns.
 * Shapes: x (..., D) → ids, logp (...); M = 0 gives empty outputs.
-* **Inference only**: no autograd (the outputs are an argmax and a constant of it).
+* **Inference only**: no autograd; autograd falls through the op, so its outputs never require grad.
 """
 from __future__ import annotations
 
