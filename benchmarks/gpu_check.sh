@@ -59,7 +59,7 @@ section() {  # name, then the command
 section tests $PY -m pytest tests -q -x -k "cuda" -p no:cacheprovider --junitxml="$OUT/tests_cuda.xml" -o addopts="-ra"
 
 # Benchmarks (CUDA cases only), each file into its own JSON.
-for b in bench_fsmn_sanm:bench_sanm.py bench_cif:bench_cif.py bench_int8:bench_int8.py bench_e2e:bench_e2e.py bench_vad:bench_vad.py; do
+for b in bench_fsmn_sanm:bench_sanm.py bench_cif:bench_cif.py bench_int8:bench_int8.py bench_out_proj:bench_out_proj.py bench_e2e:bench_e2e.py bench_vad:bench_vad.py; do
   name=${b%%:*}; file=benchmarks/${b#*:}
   [ -f "$file" ] || continue
   section "$name" $PY -m pytest "$file" -q --benchmark-only -k "cuda" -p no:cacheprovider \

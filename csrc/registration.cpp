@@ -38,4 +38,16 @@ TORCH_LIBRARY(paraformer_ext, m) {
   // rounding errors x - q * scale quantized again. Returns (q (2M, K) int8: the M rows, then the M error rows,
   // scale (M,), scale_lo (M,)), so one integer GEMM covers both parts.
   m.def("quantize_rows_split(Tensor x, Tensor? ln_weight, Tensor? ln_bias, float eps) -> (Tensor, Tensor, Tensor)");
+  // Output projection + log_softmax + argmax without the (M, V) logits (semantics in paraformer_ext/ops/out_proj.py).
+  // x: (M, D) float32/float16/bfloat16; weight: (V, D) of x's dtype, or int8 with weight_scale (V,) float32
+  // (x is then quantized per row); bias: (V,) or None; chunk: vocabulary columns per tile, 0 = automatic.
+  // Returns (ids (M,) int64, logp (M,) float32): the argmax of each row's logits (lowest index on ties) and
+  // its log-probability. Inference only: no autograd.
+  m.def("out_proj_argmax(Tensor x, Tensor weight, Tensor? bias, Tensor? weight_scale, int chunk) -> (Tensor, Tensor)");
+}
+
+// Not differentiable (an argmax and its log-probability for decoding): autograd passes straight through, so
+// the outputs never require grad, even for an nn.Linear's parameters outside no_grad.
+TORCH_LIBRARY_IMPL(paraformer_ext, Autograd, m) {
+  m.impl("out_proj_argmax", torch::CppFunction::makeFallthrough());
 }

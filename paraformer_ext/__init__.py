@@ -11,6 +11,7 @@ from .checkpoint import ModelLoadError
 from .model.config import UnsupportedModelError
 from .ops.cif import CifOutput, cif, cif_cumsum_ref, cif_fn, cif_ref
 from .ops.fsmn import fsmn_memory, fsmn_memory_fn, fsmn_memory_ref
+from .ops.out_proj import out_proj_argmax, out_proj_argmax_fn, out_proj_argmax_ref
 from .recognizer import Recognizer, load
 
 __version__ = "0.1.0"
@@ -33,4 +34,7 @@ __all__ = [
     "fsmn_memory",
     "fsmn_memory_fn",
     "fsmn_memory_ref",
+    "out_proj_argmax",
+    "out_proj_argmax_fn",
+    "out_proj_argmax_ref",
 ]
