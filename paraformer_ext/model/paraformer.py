@@ -9,6 +9,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from .._ext import kernels_available_for
+from ..ops.out_proj import out_proj_argmax
 from .config import ParaformerConfig
 from .decoder import ParaformerSANMDecoder
 from .encoder import SANMEncoder
@@ -96,9 +98,13 @@ class Paraformer(nn.Module):
         if N == 0:
             empty = torch.zeros(B, 0, dtype=torch.long, device=features.device)
             return GreedyOutput(empty, empty.float(), pred.token_num, enc, lengths, pred.alphas, pred.fires, pred.acoustic_embeds)
-        logits = self.decode_logits(enc, lengths, pred.acoustic_embeds, pred.token_num)
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        best, ids = logp.max(dim=-1)
+        if self.kernels and kernels_available_for(enc.device):
+            # the fused projection + log_softmax + argmax: the (B, N, vocab) logits are never written
+            hidden = self.decoder.forward_hidden(enc, lengths, pred.acoustic_embeds.to(self.dtype), pred.token_num)
+            ids, best = out_proj_argmax(hidden, self.decoder.output_layer)  # nn.Linear or int8
+        else:
+            logits = self.decode_logits(enc, lengths, pred.acoustic_embeds, pred.token_num)
+            best, ids = torch.log_softmax(logits.float(), dim=-1).max(dim=-1)
         mark("decoder")
         return GreedyOutput(ids, best, pred.token_num, enc, lengths, pred.alphas, pred.fires, pred.acoustic_embeds)
 
