@@ -27,17 +27,34 @@ import torch
 from torch import nn
 
 from ._ext import kernels_available_for
-from .ops.int8 import int8_linear_fn, int8_linear_ref, int8_linear_split, quantize_weight_ref
+from .ops.int8 import (
+    LAYER_NORM_EPS,
+    int8_gemm,
+    int8_linear,
+    int8_linear_epilogue_quantize,
+    int8_linear_from_quantized,
+    int8_linear_split,
+    layer_norm_quantize_rows,
+    quantize_rows,
+    quantize_weight_ref,
+)
 
 FORMAT = "paraformer_ext-int8-v1"
 INT8_FILE = "model_int8.pt"
 
 
-class Int8Linear(nn.Module):
-    """y = act(x @ dequant(W).T + b) + residual with W int8 (N, K) and per-row scales (N,) float32.
+def _ln(norm: nn.Module | None):
+    return None if norm is None else (norm.weight, norm.bias, getattr(norm, "eps", LAYER_NORM_EPS))
 
-    Implements the Linear-like protocol of ops/linear.py: forward(x, residual=None, relu=False). x: (..., K)
-    in any float dtype; the output has x's dtype. Inference only (no gradients)."""
+
+class Int8Linear(nn.Module):
+    """y = act(norm(x) @ dequant(W).T + b) + residual with W int8 (N, K) and per-row scales (N,) float32.
+
+    Implements the Linear-like protocol of ops/linear.py: forward(x, residual=None, relu=False, norm=None); a
+    LayerNorm `norm` is fused into the quantization of x (`fuses_norm`). x: (..., K) in any float dtype; the
+    output has x's dtype. Inference only (no gradients)."""
+
+    fuses_norm = True
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, bias_dtype=torch.float32, device=None,
                  split_activations: bool = False):
@@ -71,12 +88,44 @@ class Int8Linear(nn.Module):
     def dequantized_weight(self) -> torch.Tensor:
         return self.weight.float() * self.weight_scale[:, None]
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
-        kernels = self.kernels and kernels_available_for(x.device)
+    @property
+    def chains_int8(self) -> bool:
+        """Whether `chain` can hand this layer's output to the next int8 layer still quantized."""
+        return not self.split_activations
+
+    def _kernels(self, x: torch.Tensor) -> bool:
+        return self.kernels and kernels_available_for(x.device)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, relu: bool = False,
+                norm: nn.Module | None = None) -> torch.Tensor:
+        k = self._kernels(x)
+        w, ws, b = self.weight, self.weight_scale, self.bias
         if self.split_activations:
-            return int8_linear_split(x, self.weight, self.weight_scale, self.bias, residual, relu, x.dtype, kernels=kernels)
-        fn = int8_linear_fn if kernels else int8_linear_ref
-        return fn(x, self.weight, self.weight_scale, self.bias, residual=residual, relu=relu, out_dtype=x.dtype)
+            return int8_linear_split(x, w, ws, b, residual, relu, x.dtype, ln=_ln(norm), kernels=k)
+        if norm is None:
+            return int8_linear(x, w, ws, b, residual, relu, x.dtype, kernels=k)
+        K, N = x.shape[-1], self.out_features
+        q, s = layer_norm_quantize_rows(x.reshape(-1, K), *_ln(norm), kernels=k)
+        res = None if residual is None else residual.reshape(-1, N)
+        return int8_linear_from_quantized(q, s, w, ws, b, res, relu, x.dtype, kernels=k).reshape(*x.shape[:-1], N)
+
+    def chain(self, second: "Int8Linear", x: torch.Tensor, residual: torch.Tensor | None = None,
+              norm: nn.Module | None = None, mid_norm: nn.Module | None = None) -> torch.Tensor:
+        """second(mid_norm(relu(self(norm(x))))) + residual, the FFN of encoder and decoder, with the hidden
+        layer passed from one integer GEMM to the next as int8: this layer's epilogue quantizes its own output
+        (after the ReLU and mid_norm), so the (M, d_ff) float tensor is never written."""
+        k = self._kernels(x)
+        K = x.shape[-1]
+        x2 = x.reshape(-1, K)
+        q, s = layer_norm_quantize_rows(x2, *_ln(norm), kernels=k) if norm is not None else quantize_rows(x2, kernels=k)
+        mid = _ln(mid_norm) or (None, None, LAYER_NORM_EPS)
+        q, s = int8_linear_epilogue_quantize(int8_gemm(q, self.weight, kernels=k), s, self.weight_scale, self.bias,
+                                             True, *mid, kernels=k)
+        N = second.out_features
+        res = None if residual is None else residual.reshape(-1, N)
+        y = int8_linear_from_quantized(q, s, second.weight, second.weight_scale, second.bias, res, False, x.dtype,
+                                       kernels=k)
+        return y.reshape(*x.shape[:-1], N)
 
     def extra_repr(self) -> str:
         split = ", split activations" if self.split_activations else ""

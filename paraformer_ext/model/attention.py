@@ -37,9 +37,11 @@ class MultiHeadedAttentionSANM(nn.Module):
         self.left = fsmn_left(kernel_size, sanm_shfit)
         self.kernels = False
 
-    def forward(self, x, lengths, key_mask, residual=None):
-        fn = sanm_self_attention_fn if use_kernels(self, x) else sanm_self_attention_ref
-        return fn(self, x, lengths, key_mask, residual)
+    def forward(self, x, lengths, key_mask, residual=None, norm=None):
+        """norm: the layer's pre-norm, when x is not normalised yet (the fused path fuses it where it can)."""
+        if use_kernels(self, x):
+            return sanm_self_attention_fn(self, x, lengths, key_mask, residual, norm)
+        return sanm_self_attention_ref(self, x if norm is None else norm(x), lengths, key_mask, residual)
 
 
 class MultiHeadedAttentionSANMDecoder(nn.Module):
@@ -73,6 +75,8 @@ class MultiHeadedAttentionCrossAtt(nn.Module):
         self.dropout = nn.Dropout(dropout_rate)
         self.kernels = False
 
-    def forward(self, x, memory, memory_mask, residual=None):
-        fn = cross_attention_fn if use_kernels(self, x) else cross_attention_ref
-        return fn(self, x, memory, memory_mask, residual)
+    def forward(self, x, memory, memory_mask, residual=None, norm=None):
+        """norm: the pre-norm of x, when x is not normalised yet."""
+        if use_kernels(self, x):
+            return cross_attention_fn(self, x, memory, memory_mask, residual, norm)
+        return cross_attention_ref(self, x if norm is None else norm(x), memory, memory_mask, residual)

@@ -27,18 +27,19 @@ class DecoderLayerSANM(nn.Module):
 
     def forward(self, x, lengths, memory=None, memory_mask=None):
         residual = x
-        t = self.feed_forward(self.norm1(x))  # the FFN comes first and has no residual of its own
-        x = t
         if self.training:
+            t = x = self.feed_forward(self.norm1(x))  # the FFN comes first and has no residual of its own
             if self.self_attn is not None:
                 x = residual + self.dropout(self.self_attn(self.norm2(t), lengths))
             if self.src_attn is not None:
                 x = x + self.dropout(self.src_attn(self.norm3(x), memory, memory_mask))
             return x
+        # the pre-norms of the FFN and the cross-attention go along unapplied (fused into int8 quantization)
+        t = x = self.feed_forward(x, norm=self.norm1)
         if self.self_attn is not None:
             x = self.self_attn(self.norm2(t), lengths, residual)
         if self.src_attn is not None:
-            x = self.src_attn(self.norm3(x), memory, memory_mask, x)
+            x = self.src_attn(x, memory, memory_mask, x, norm=self.norm3)
         return x
 
 

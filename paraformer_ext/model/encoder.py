@@ -30,8 +30,9 @@ class EncoderLayerSANM(nn.Module):
             att = self.self_attn(self.norm1(x), lengths, key_mask)
             x = x + self.dropout(att) if same else self.dropout(att)
             return x + self.dropout(self.feed_forward(self.norm2(x)))
-        x = self.self_attn(self.norm1(x), lengths, key_mask, x if same else None)
-        return self.feed_forward(self.norm2(x), x)
+        # the pre-norms go along unapplied: int8 layers fuse them into their input quantization
+        x = self.self_attn(x, lengths, key_mask, x if same else None, norm=self.norm1)
+        return self.feed_forward(x, x, norm=self.norm2)
 
 
 class SANMEncoder(nn.Module):

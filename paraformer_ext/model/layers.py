@@ -37,12 +37,15 @@ class PositionwiseFeedForward(nn.Module):
         self.dropout = nn.Dropout(dropout_rate)
         self.kernels = False
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, norm: nn.Module | None = None) -> torch.Tensor:
+        """norm: the layer's pre-norm, when x is not normalised yet (fused into int8 quantization)."""
+        if self.kernels and not self.training and kernels_available_for(x.device):
+            return ffn_fn(self, x, residual, norm)
+        x = x if norm is None else norm(x)
         if self.training:
             y = self.w_2(self.dropout(torch.relu(self.w_1(x))))
             return y if residual is None else residual + y
-        fn = ffn_fn if self.kernels and kernels_available_for(x.device) else ffn_ref
-        return fn(self, x, residual)
+        return ffn_ref(self, x, residual)
 
 
 class PositionwiseFeedForwardDecoderSANM(nn.Module):
@@ -56,9 +59,13 @@ class PositionwiseFeedForwardDecoderSANM(nn.Module):
         self.dropout = nn.Dropout(dropout_rate)
         self.kernels = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, norm: nn.Module | None = None) -> torch.Tensor:
+        """norm: the layer's pre-norm, when x is not normalised yet."""
         if self.kernels and not self.training and kernels_available_for(x.device):
-            return linear_fn(self.w_2, self.norm(linear_fn(self.w_1, x, relu=True)))
+            if getattr(self.w_1, "chains_int8", False) and getattr(self.w_2, "chains_int8", False):
+                return self.w_1.chain(self.w_2, x, norm=norm, mid_norm=self.norm)
+            return linear_fn(self.w_2, self.norm(linear_fn(self.w_1, x, relu=True, norm=norm)))
+        x = x if norm is None else norm(x)
         return self.w_2(self.norm(self.dropout(torch.relu(self.w_1(x)))))
 
 

@@ -429,21 +429,29 @@ def quantize_rows_split(x, ln_weight=None, ln_bias=None, eps=LAYER_NORM_EPS, *, 
     return (quantize_rows_split_fn if _use_kernels(x, kernels) else quantize_rows_split_ref)(x, ln_weight, ln_bias, eps)
 
 
-def int8_linear_split(x, wq, w_scale, bias=None, residual=None, relu=False, out_dtype=None, *, kernels: bool = True):
+def int8_gemm(q: torch.Tensor, wq: torch.Tensor, *, kernels: bool = True) -> torch.Tensor:
+    """`int_mm` (torch._int_mm) when the compiled ops run on q's device and `kernels`, else the exact float64
+    product of the reference: both give the same int32 (M, N)."""
+    return int_mm(q, wq) if _use_kernels(q, kernels) else _int_gemm_exact(q, wq)
+
+
+def int8_linear_split(x, wq, w_scale, bias=None, residual=None, relu=False, out_dtype=None, *, ln=None,
+                      kernels: bool = True):
     """W8A8 with the activations carried in two int8 parts, for layers whose inputs need more than 8 bits.
 
     x ≈ q_hi * s_hi + q_lo * s_lo (`quantize_rows_split`: q_lo quantizes the rounding error of q_hi, so about
     15 bits survive); one integer GEMM runs over the 2M stacked rows, and the two products are combined in
     float32: y = act(acc_hi * s_hi * w_scale + bias + acc_lo * s_lo * w_scale) + residual. Weights stay int8.
-    x (..., K) -> (..., N) in out_dtype (default x.dtype). `kernels` picks the compiled ops or the references.
+    x (..., K) -> (..., N) in out_dtype (default x.dtype); ln: (weight, bias, eps) of a LayerNorm applied to x
+    first (fused into the quantization), or None. `kernels` picks the compiled ops or the references.
     """
     K = x.shape[-1]
     N = _check_weight(wq, w_scale, K)
     out_dtype = x.dtype if out_dtype is None else out_dtype
     x2 = x.reshape(-1, K)
     M = x2.shape[0]
-    q, s_hi, s_lo = quantize_rows_split(x2, kernels=kernels)
-    acc = int_mm(q, wq) if _use_kernels(x, kernels) else _int_gemm_exact(q, wq)
+    q, s_hi, s_lo = quantize_rows_split(x2, *(ln or (None, None, LAYER_NORM_EPS)), kernels=kernels)
+    acc = int8_gemm(q, wq, kernels=kernels)
     y = int8_linear_epilogue(acc[M:], s_lo, w_scale, None, None, False, torch.float32, kernels=kernels)
     y = int8_linear_epilogue(acc[:M], s_hi, w_scale, bias, y, False, torch.float32, kernels=kernels)
     if relu:

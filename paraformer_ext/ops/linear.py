@@ -66,22 +66,30 @@ def uses_onednn(lin: nn.Module, x: torch.Tensor) -> bool:
             and x.dtype == lin.weight.dtype and _onednn_ok(x.dtype))
 
 
-def linear_ref(lin: nn.Module, x: torch.Tensor, residual: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
-    """act(lin(x)) + residual with plain PyTorch ops. x: (..., K) → (..., N); residual: (..., N) or None."""
-    y = lin(x)
+def linear_ref(lin: nn.Module, x: torch.Tensor, residual: torch.Tensor | None = None, relu: bool = False,
+               norm: nn.Module | None = None) -> torch.Tensor:
+    """act(lin(norm(x))) + residual with plain PyTorch ops. x: (..., K) → (..., N); residual: (..., N) or None;
+    norm: a LayerNorm applied to x first, or None."""
+    y = lin(x if norm is None else norm(x))
     if relu:
         y = torch.relu(y)
     return y if residual is None else residual + y
 
 
-def linear_fn(lin: nn.Module, x: torch.Tensor, residual: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
-    """Fused twin of `linear_ref` (same arguments, same result up to the GEMM's rounding).
+def linear_fn(lin: nn.Module, x: torch.Tensor, residual: torch.Tensor | None = None, relu: bool = False,
+              norm: nn.Module | None = None) -> torch.Tensor:
+    """Fused twin of `linear_ref` (same arguments, same result up to the GEMM's rounding). A Linear-like module
+    with `fuses_norm = True` (the int8 one) gets the LayerNorm to fuse into its input quantization.
 
     relu and residual together are not needed by the model and are refused."""
     if relu and residual is not None:
         raise ValueError("linear_fn: relu and residual together are not supported (the model never needs both)")
     if type(lin) is not nn.Linear:
-        return lin(x, residual=residual, relu=relu)
+        if norm is not None and getattr(lin, "fuses_norm", False):
+            return lin(x, residual=residual, relu=relu, norm=norm)
+        return lin(x if norm is None else norm(x), residual=residual, relu=relu)
+    if norm is not None:
+        x = norm(x)
     if uses_onednn(lin, x):
         shape = x.shape[:-1]
         x2 = x.reshape(-1, x.size(-1))

@@ -70,10 +70,11 @@ def sanm_self_attention_ref(attn, x: torch.Tensor, lengths: torch.Tensor | None,
 
 
 def sanm_self_attention_fn(attn, x: torch.Tensor, lengths: torch.Tensor | None, key_mask: torch.Tensor | None,
-                           residual: torch.Tensor | None = None) -> torch.Tensor:
-    """Fused twin of `sanm_self_attention_ref` (same arguments, same result up to float rounding)."""
+                           residual: torch.Tensor | None = None, norm: nn.Module | None = None) -> torch.Tensor:
+    """Fused twin of `sanm_self_attention_ref` (same arguments, same result up to float rounding); norm: the
+    layer's pre-norm, when x is not normalised yet (fused into an int8 QKV projection's quantization)."""
     n_feat = attn.h * attn.d_k
-    qkv = linear_fn(attn.linear_q_k_v, x)
+    qkv = linear_fn(attn.linear_q_k_v, x, norm=norm)
     q, k, v = qkv[..., :n_feat], qkv[..., n_feat : 2 * n_feat], qkv[..., 2 * n_feat :]
     att = _merge(_sdpa(_heads(q, attn.h), _heads(k, attn.h), _heads(v, attn.h), key_mask, attn.d_k ** (-0.5)))
     lin = attn.linear_out
@@ -101,12 +102,12 @@ def cross_attention_ref(attn, x: torch.Tensor, memory: torch.Tensor, memory_mask
 
 
 def cross_attention_fn(attn, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None,
-                       residual: torch.Tensor | None = None) -> torch.Tensor:
-    """Fused twin of `cross_attention_ref`."""
+                       residual: torch.Tensor | None = None, norm: nn.Module | None = None) -> torch.Tensor:
+    """Fused twin of `cross_attention_ref`; norm: the pre-norm of x when x is not normalised yet."""
     n_feat = attn.h * attn.d_k
     kv = linear_fn(attn.linear_k_v, memory)
     k, v = kv[..., :n_feat], kv[..., n_feat:]
-    q = linear_fn(attn.linear_q, x)
+    q = linear_fn(attn.linear_q, x, norm=norm)
     att = _sdpa(_heads(q, attn.h), _heads(k, attn.h), _heads(v, attn.h), memory_mask, attn.d_k ** (-0.5))
     return linear_fn(attn.linear_out, _merge(att), residual=residual)
 
@@ -120,6 +121,9 @@ def ffn_ref(ff, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.
     return y if residual is None else residual + y
 
 
-def ffn_fn(ff, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-    """Fused twin of `ffn_ref`: ReLU in the first GEMM's epilogue, the residual in the second's."""
-    return linear_fn(ff.w_2, linear_fn(ff.w_1, x, relu=True), residual=residual)
+def ffn_fn(ff, x: torch.Tensor, residual: torch.Tensor | None = None, norm: nn.Module | None = None) -> torch.Tensor:
+    """Fused twin of `ffn_ref`: ReLU in the first GEMM's epilogue, the residual in the second's; norm: the
+    pre-norm of x when x is not normalised yet. Two int8 GEMMs pass the hidden layer on as int8."""
+    if getattr(ff.w_1, "chains_int8", False) and getattr(ff.w_2, "chains_int8", False):
+        return ff.w_1.chain(ff.w_2, x, residual=residual, norm=norm)
+    return linear_fn(ff.w_2, linear_fn(ff.w_1, x, relu=True, norm=norm), residual=residual)
