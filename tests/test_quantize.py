@@ -162,3 +162,29 @@ def test_int8_memory_large_preset():
     fp32 = size(asr.model)
     quantize(asr)
     assert size(asr.model) <= 0.30 * fp32
+
+
+@pytest.mark.parametrize("kernels", [False] + ([True] if has_kernels() else []), ids=["reference", "kernels"][: 1 + has_kernels()])
+def test_fused_int8_ffn_and_norm_equal_the_unfused_layers(kernels):
+    """chain() (hidden layer handed over as int8) and forward(norm=...) (LayerNorm fused into the
+    quantization) compute what the separate int8 layers compute."""
+    from paraformer_ext.model.layers import layer_norm
+
+    w1, w2 = Int8Linear.from_linear(_tiny_linear(64, 256, 3)), Int8Linear.from_linear(_tiny_linear(256, 64, 4))
+    w1.kernels = w2.kernels = kernels
+    norm, mid = layer_norm(64), layer_norm(256)
+    with torch.no_grad():
+        for p in (norm.weight, mid.weight):
+            p.uniform_(0.5, 1.5)
+        for p in (norm.bias, mid.bias):
+            p.uniform_(-0.2, 0.2)
+    x = torch.randn(3, 21, 64)
+    res = torch.randn(3, 21, 64)
+    with torch.no_grad():
+        # no LayerNorm anywhere: bit-exact
+        assert torch.equal(w1.chain(w2, x, residual=res), w2(w1(x, relu=True), residual=res))
+        # LayerNorms: the fused statistics are summed in another order, so compare the outputs' values
+        fused = w1.chain(w2, x, norm=norm, mid_norm=mid)
+        plain = w2(mid(w1(norm(x), relu=True)))
+        assert (fused - plain).norm() / plain.norm() < (1e-3 if kernels else 1e-6)
+        assert (w1(x, norm=norm) - w1(norm(x))).norm() / w1(norm(x)).norm() < (1e-3 if kernels else 1e-6)
