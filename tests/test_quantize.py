@@ -95,10 +95,13 @@ def test_quantize_replaces_encoder_and_decoder_linears(small_dir):
     assert q == {n for n in linears if n.startswith(("encoder.", "decoder.")) and n != "decoder.output_layer"}
     assert left == {"decoder.output_layer", "predictor.cif_output"}
     assert asr.quantization == "int8"
-    split = {n for n, m in asr.model.named_modules() if isinstance(m, Int8Linear) and m.split_activations}
-    assert split and all(n.startswith("encoder.") and n.endswith("linear_q_k_v") for n in split)
+    assert not any(m.split_activations for m in asr.model.modules() if isinstance(m, Int8Linear))
     with pytest.raises(ValueError, match="already quantized"):
         quantize(asr)
+    qkv = lambda name: name.endswith("linear_q_k_v")  # noqa: E731
+    asr3 = quantize(load(small_dir, kernels=False), split=qkv)
+    split = {n for n, m in asr3.model.named_modules() if isinstance(m, Int8Linear) and m.split_activations}
+    assert split == {n for n in q if qkv(n)} and sorted(asr3.model.quantization["split_activations"]) == sorted(split)
     asr2 = quantize_model(load(small_dir, kernels=False).model, output_layer=True)
     assert isinstance(asr2.decoder.output_layer, Int8Linear)
 
@@ -125,6 +128,12 @@ def test_saved_int8_model_is_reused_and_refreshed(small_dir):
     # an explicit path, and a bad file there
     out = save_quantized(first, small_dir / "elsewhere.pt")
     assert load(small_dir, quantize="int8", quantized_path=out, kernels=False).transcribe(wav) == first.transcribe(wav)
+    # split activations survive saving and loading
+    split = quantize(load(small_dir, kernels=False), split=lambda n: n.endswith("linear_q_k_v"))
+    back = load(small_dir, quantize="int8", quantized_path=save_quantized(split, small_dir / "split.pt", source=small_dir / "model.pt"),
+                kernels=False)
+    assert sum(m.split_activations for m in back.model.modules() if isinstance(m, Int8Linear)) == 6
+    assert back.transcribe(wav) == split.transcribe(wav)
     (small_dir / "bad.pt").write_bytes(b"not a torch file")
     with pytest.raises(ModelLoadError, match="bad.pt"):
         load(small_dir, quantize="int8", quantized_path=small_dir / "bad.pt")
