@@ -82,7 +82,9 @@ class Int8Linear(nn.Module):
         # follow the device.
         scale = self.weight_scale
         super()._apply(fn, recurse)
-        self._buffers["weight_scale"] = scale.to(self.weight.device)
+        moved = self.weight_scale
+        if moved.dtype != torch.float32:  # a dtype cast: keep the float32 original, on the new device
+            self._buffers["weight_scale"] = moved.float() if scale.is_meta else scale.to(moved.device)
         return self
 
     def dequantized_weight(self) -> torch.Tensor:

@@ -68,11 +68,11 @@ class Recognizer:
                 f"(n_mels {fcfg.n_mels} x lfr_m {fcfg.lfr_m})"
             )
         cfg = build_config(files, len(tokens), frontend.output_size)
-        model = Paraformer(cfg)
         if quantize is None:
+            model = Paraformer(cfg)
             load_state_dict_strict(model, read_state_dict(files.weights), str(files.weights))
         else:
-            _load_quantized(model, files.weights, quantize, quantize_output_layer, quantized_path)
+            model = _load_quantized(cfg, files.weights, quantize, quantize_output_layer, quantized_path)
         device = torch.device(device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("device='cuda' requested but torch sees no CUDA device; use device='cpu'")
@@ -120,8 +120,9 @@ class Recognizer:
         return results  # type: ignore[return-value]
 
 
-def _load_quantized(model: Paraformer, weights: Path, quantize: str, output_layer: bool, quantized_path) -> None:
-    """Weights of an int8 model: a saved int8 file made from this model.pt, else quantize now and save it."""
+def _load_quantized(cfg, weights: Path, quantize: str, output_layer: bool, quantized_path) -> Paraformer:
+    """An int8 model: from a saved int8 file made from this model.pt (the float model is never built: its
+    skeleton is laid out on the meta device), else quantized now from model.pt and saved."""
     from .quantize import default_int8_path, matching_saved, prepare_int8_shells, quantize_model, save_quantized
 
     if quantize != "int8":
@@ -129,9 +130,12 @@ def _load_quantized(model: Paraformer, weights: Path, quantize: str, output_laye
     path = Path(quantized_path) if quantized_path is not None else default_int8_path(weights)
     payload = matching_saved(path, weights, output_layer)
     if payload is not None:
-        prepare_int8_shells(model, payload["quantization"])
+        with torch.device("meta"):
+            model = prepare_int8_shells(Paraformer(cfg), payload["quantization"])
+        model = model.to_empty(device="cpu")
         load_state_dict_strict(model, payload["state_dict"], str(path))
-        return
+        return model
+    model = Paraformer(cfg)
     load_state_dict_strict(model, read_state_dict(weights), str(weights))
     quantize_model(model, output_layer)  # in float32, before any cast: exact scales, dtype-independent file
     try:
@@ -141,6 +145,7 @@ def _load_quantized(model: Paraformer, weights: Path, quantize: str, output_laye
 
         warnings.warn(f"could not save the int8 model to {path} ({e}); it will be requantized at the next load",
                       stacklevel=3)
+    return model
 
 
 def load(model_dir, device="cpu", dtype=torch.float32, kernels: bool = True, quantize: str | None = None,
