@@ -106,3 +106,16 @@ def test_relu_with_residual_is_refused():
     lin = _lin(8, 8, True, torch.float32, "cpu")
     with pytest.raises(ValueError, match="relu and residual"):
         linear_fn(lin, torch.randn(2, 8), residual=torch.randn(2, 8), relu=True)
+
+
+def test_packed_weights_give_the_same_result(monkeypatch):
+    import paraformer_ext.ops.linear as L
+
+    lin = _lin(64, 32, True, torch.float32, "cpu")
+    x, res = torch.randn(7, 64), torch.randn(7, 32)
+    with torch.no_grad():
+        plain = (L.linear_fn(lin, x), L.linear_fn(lin, x, residual=res), L.linear_fn(lin, x, relu=True))
+        monkeypatch.setattr(L, "PACK_WEIGHTS", True)
+        packed = (L.linear_fn(lin, x), L.linear_fn(lin, x, residual=res), L.linear_fn(lin, x, relu=True))
+    for a, b in zip(plain, packed):
+        assert rel(a, b) < 1e-6

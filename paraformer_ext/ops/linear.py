@@ -4,10 +4,12 @@
 identity, and `linear_ref` computes the same with separate PyTorch ops (F.linear, relu, add).
 
 * CPU, float32 / bfloat16: oneDNN's matmul with the bias, the ReLU or the residual add as its post-op
-  (`torch.ops.mkldnn._linear_pointwise`, the op torch.compile's CPU backend emits for Linear), on the weight
-  reordered once into oneDNN's blocked layout and cached on the module. On the 2-core AMD EPYC (AVX-512) CI
-  machine torch's default CPU GEMM (MKL) reaches ~120-165 GFLOP/s in the encoder's shapes and oneDNN ~190-210
-  (benchmarks/bench_sanm.py measures the difference in the encoder).
+  (`torch.ops.mkldnn._linear_pointwise`, the op torch.compile's CPU backend emits for Linear). On the 2-core
+  AMD EPYC (AVX-512) CI machine torch's default CPU GEMM (MKL) reaches ~120-165 GFLOP/s in the encoder's
+  shapes and oneDNN ~190-210 (benchmarks/bench_sanm.py measures the difference in the encoder).
+  With PARAFORMER_EXT_ONEDNN_PACK=1 the weights are also reordered once into oneDNN's blocked layout and
+  cached: another 7-12% on the encoder (measured: 1.61x vs 1.45x the eager reference at 1x100, 1.55x vs 1.38x
+  at 16x500), but a second copy of every weight (880 MB more for paraformer-large), so it is off by default.
 * CUDA and everything else: cuBLAS through F.linear; a residual is accumulated into by the GEMM itself
   (addmm with beta = 1) instead of being added in a separate pass.
 * Any other Linear-like module (the int8 `Int8Linear` of quantize.py) implements
@@ -16,6 +18,7 @@ identity, and `linear_ref` computes the same with separate PyTorch ops (F.linear
 from __future__ import annotations
 
 import functools
+import os
 import weakref
 
 import torch
@@ -23,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 _ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
+PACK_WEIGHTS = os.environ.get("PARAFORMER_EXT_ONEDNN_PACK") == "1"
 
 
 @functools.lru_cache(maxsize=None)
@@ -51,8 +55,11 @@ _PACKED: "weakref.WeakKeyDictionary[nn.Linear, tuple]" = weakref.WeakKeyDictiona
 
 
 def _packed_weight(lin: nn.Linear) -> torch.Tensor:
-    """The module's weight in oneDNN's layout, made once and remade when the weight changes (load, .to())."""
+    """The module's weight in oneDNN's layout, made once and remade when the weight changes (load, .to());
+    the plain weight unless PACK_WEIGHTS (oneDNN then reorders it inside every call)."""
     w = lin.weight
+    if not PACK_WEIGHTS:
+        return w
     key = (w.data_ptr(), w._version, w.dtype, tuple(w.shape))
     cached = _PACKED.get(lin)
     if cached is None or cached[0] != key:
