@@ -5,8 +5,9 @@ engine, in a fresh process per length so peak RSS is that run's own.
     python benchmarks/bench_long_audio.py --preset large --minutes 10 180 --device cpu --threads 2 \
         [--out benchmarks/results/long_audio_cpu.json]
 
-Prints one row per length: audio minutes, wall seconds, real-time factor, VAD segments, tokens, peak RSS
-(MB; the model's weights included) and peak CUDA memory.
+Prints one row per length: audio minutes, wall seconds, real-time factor, VAD segments, tokens, peak RSS of the
+process (MB; the model load included), RSS after loading and the peak while transcribing (VmHWM reset after the
+load), and peak CUDA memory.
 """
 from __future__ import annotations
 
@@ -52,6 +53,17 @@ def build_long_wav(path: Path, minutes: float, seed: int = 0) -> Path:
     return path
 
 
+def _vm(field: str) -> float | None:
+    """A VmRSS / VmHWM line of /proc/self/status in MB (None where there is no /proc)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def child(a) -> None:
     """Runs in a fresh process: load, transcribe one file, report time and peak memory as JSON."""
     import resource
@@ -66,6 +78,14 @@ def child(a) -> None:
     load_s = time.perf_counter() - t0
     if a.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    # The process's peak so far is the model load (checkpoint + weights); reset the kernel's high-water mark
+    # so the transcription's own peak is measured too (Linux: writing 5 to clear_refs resets VmHWM).
+    rss_after_load = _vm("VmRSS")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        hwm_reset = True
+    except OSError:
+        hwm_reset = False
     t0 = time.perf_counter()
     r = asr.transcribe([a.wav], vad_model_dir=a.vad_model_dir)[0]
     wall = time.perf_counter() - t0
@@ -76,6 +96,8 @@ def child(a) -> None:
         "audio_s": dur, "wall_s": wall, "load_s": load_s, "rtf": wall / dur, "x_real_time": dur / wall,
         "segments": len(r.get("segments", [])), "tokens": len(r.get("token_ids", [])),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_after_load_mb": rss_after_load,
+        "peak_rss_during_transcription_mb": _vm("VmHWM") if hwm_reset else None,
         "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if a.device == "cuda" else None,
         "error": r.get("error"),
     }
@@ -126,7 +148,8 @@ def main() -> int:
         row = {"minutes": m, **json.loads(line[7:])}
         rows.append(row)
         print(f"{m:>6g} min  wall {row['wall_s']:8.1f} s  {row['x_real_time']:7.1f}x real time  segments {row['segments']:5d}  "
-              f"tokens {row['tokens']:6d}  peak RSS {row['peak_rss_mb']:7.0f} MB"
+              f"tokens {row['tokens']:6d}  peak RSS {row['peak_rss_mb']:7.0f} MB (after load {row['rss_after_load_mb']:.0f}, "
+              f"peak while transcribing {row['peak_rss_during_transcription_mb'] or float('nan'):.0f})"
               + (f"  peak CUDA {row['peak_cuda_mb']:.0f} MB" if row["peak_cuda_mb"] else ""), flush=True)
     if a.out:
         import torch
