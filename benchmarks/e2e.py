@@ -2,8 +2,8 @@
 batched, and the engine in each dtype, on the same workload in the same run.
 
     # CPU, both presets, the committed results (one command):
-    PARAFORMER_EXT_CACHE=/work/main/.cache .venv/bin/python benchmarks/e2e.py --device cpu --threads 2 \\
-        --preset large small --total-s 150 --json benchmarks/results/e2e_cpu.json
+    .venv/bin/python benchmarks/e2e.py --device cpu --threads 2 --preset large small --total-s 150 \\
+        --max-system-s 200 --json benchmarks/results/e2e_cpu.json
     # GPU (benchmarks/gpu_check.sh runs this):
     python benchmarks/e2e.py --device cuda --preset large --total-s 7200 --ref-max-s 1200 --json $OUT/e2e_cuda.json
     # re-print the table of a results file:
@@ -53,6 +53,7 @@ STAGES = ("read", "frontend", "encoder", "predictor", "decoder", "text")
 SYSTEMS = {
     "ref-fp32-1by1": (False, "float32", False, {}),
     "engine-fp32": (True, "float32", True, {}),
+    "engine-fp32-1by1": (True, "float32", False, {}),  # the compiled ops' gain without the batching's
     "engine-fp16": (True, "float16", True, {}),
     "engine-bf16": (True, "bfloat16", True, {}),
     "ref-fp16-batched": (False, "float16", True, {}),
@@ -263,7 +264,7 @@ class Worker:
         inputs: list = write_wavs(waves, Path(a.wav_dir)) if a.inputs == "files" else waves
         del waves
         n_in = len(inputs)
-        if a.system == REFERENCE and a.ref_max_s:  # a prefix of the workload, whose lengths are random in order
+        if not batched and a.ref_max_s:  # a prefix of the workload, whose lengths are random in order
             acc, k = 0.0, 0
             for k, L in enumerate(lengths):
                 acc += L / SR
@@ -290,7 +291,7 @@ class Worker:
         out.update(rss_imports_mb=rss_imports, rss_workload_mb=rss_workload, rss_after_load_mb=_rss_mb(), load_peak_rss_mb=_hwm_mb())
         if a.device == "cuda":
             out["cuda_weights_mb"] = torch.cuda.memory_allocated() / 2**20
-        self.opts = dict(segmenter="none", max_batch_frames=a.max_batch_frames)
+        self.opts = dict(segmenter="none", max_batch_frames=a.max_batch_frames, max_padding=a.max_padding)
         if not batched:
             self.opts["max_batch_size"] = 1
         self.oom = 0
@@ -385,14 +386,15 @@ class Worker:
 
 
 def worker_main(a) -> None:
-    """The worker's side of the protocol: READY <json> once set up; then per line on stdin, "pass" → PASS <s>,
+    """The worker's side of the protocol: READY <json> once set up; then per line on stdin, "pass" → PASS <json: wall and CPU seconds>,
     "finish" → RESULT <json> and exit."""
     w = Worker(a)
     print("READY " + json.dumps({k: v for k, v in w.out.items()}), flush=True)
     for line in sys.stdin:
         cmd = line.strip()
         if cmd == "pass":
-            print(f"PASS {w.timed_pass()}", flush=True)
+            wall = w.timed_pass()
+            print("PASS " + json.dumps({"wall_s": wall, "cpu_s": w.cpus[-1]}), flush=True)
         elif cmd == "finish":
             print("RESULT " + json.dumps(w.finish()), flush=True)
             return
@@ -481,6 +483,8 @@ def _child_cmd(a, extra: list[str]) -> list[str]:
     cmd += ["--n", str(a.n)] if a.n is not None else ["--total-s", str(a.total_s)]
     if a.max_batch_frames:
         cmd += ["--max-batch-frames", str(a.max_batch_frames)]
+    if a.max_padding is not None:
+        cmd += ["--max-padding", str(a.max_padding)]
     if a.ref_max_s:
         cmd += ["--ref-max-s", str(a.ref_max_s)]
     if a.int8_dtype:
@@ -500,6 +504,35 @@ def _run_child(cmd: list[str], timeout: float, threads: int) -> tuple[dict | Non
     if line is None:
         return None, f"failed (rc {p.returncode}): {(p.stderr or p.stdout).strip().splitlines()[-1:]}"
     return json.loads(line[7:]), ""
+
+
+def machine_busy_s() -> float | None:
+    """CPU seconds the whole machine has spent busy (all cores, every process), from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = v[3] + (v[4] if len(v) > 4 else 0)
+    guest = sum(v[8:10]) if len(v) > 9 else 0  # already inside user/nice
+    return (sum(v) - guest - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_quiet(max_cores: float, max_wait_s: float, window_s: float = 1.0) -> dict:
+    """Wait until the other jobs on the machine use at most max_cores (measured over two consecutive windows; our
+    workers are idle meanwhile), for at most max_wait_s. Returns what was seen."""
+    t0 = time.perf_counter()
+    seen, quiet = None, 0
+    while True:
+        b0 = machine_busy_s()
+        if b0 is None:
+            return {"waited_s": 0.0, "busy_cores": None}
+        time.sleep(window_s)
+        seen = (machine_busy_s() - b0) / window_s
+        quiet = quiet + 1 if seen <= max_cores else 0
+        waited = time.perf_counter() - t0
+        if quiet >= 2 or waited >= max_wait_s:
+            return {"waited_s": waited, "busy_cores": seen, "quiet": quiet >= 2}
 
 
 class WorkerProc:
@@ -598,6 +631,8 @@ def env_info(a) -> dict:
         except OSError:
             info["gpu"] = None
         info["cuda"] = torch.version.cuda
+    info["card"] = (info.get("gpu") or "unknown GPU").split(",")[0] if a.device == "cuda" else \
+        f"{cpu}, {a.threads} of {os.cpu_count()} cores"
     return info
 
 
@@ -608,12 +643,12 @@ def _fmt(x, spec: str, dash: str = "-") -> str:
 def table(run: dict, markdown: bool = False) -> str:
     """One row per system of one preset's run."""
     gemm = run.get("gemm", {})
-    head = ["system", "device", "dtype", "batching", "audio s", "passes", "wall s", "cpu s", "x real time", "vs ref", *[f"{s} s" for s in STAGES],
+    head = ["system", "device", "dtype", "batching", "audio s", "passes", "wall s", "cpu s", "x real time", "vs ref", "paired", "best", "others", *[f"{s} s" for s in STAGES],
             "peak RSS MB", "run RSS MB", "weights MB", "peak CUDA MB", "TFLOP/s", "% matmul", "mismatch"]
     rows = []
     for s in run["systems"]:
         if "skipped" in s or "failed" in s:
-            rows.append([s["system"], run["device"], s.get("dtype") or "-", "-", "-", "-", "-", "-", "-", "-", *["-"] * len(STAGES),
+            rows.append([s["system"], run["device"], s.get("dtype") or "-", *["-"] * 10, *["-"] * len(STAGES),
                          "-", "-", "-", "-", "-", "-", "skipped" if "skipped" in s else "failed"])
             continue
         st = s.get("stages_s", {})
@@ -624,7 +659,9 @@ def table(run: dict, markdown: bool = False) -> str:
         rows.append([
             s["system"] + (" *" if s.get("subset") else ""), run["device"], s["dtype"], "batched" if s["batched"] else "1 by 1",
             f"{s['audio_s']:.0f}", str(s.get("passes", "")), f"{s['wall_s']:.2f}", _fmt(s.get("cpu_s"), ".2f"), f"{s['x_rt']:.1f}",
-            _fmt(s.get("speedup"), ".2f"),
+            _fmt(s.get("speedup"), ".2f"), _fmt(s.get("speedup_paired"), ".2f"), _fmt(s.get("speedup_best"), ".2f"),
+            _fmt(statistics.median([p["others_cores"] for p in s["pass_info"]]) if s.get("pass_info") and
+                 all(p.get("others_cores") is not None for p in s["pass_info"]) else None, ".2f"),
             *[_fmt(st.get(k), ".2f") for k in STAGES],
             _fmt(s.get("peak_rss_mb"), ".0f"), _fmt(s.get("run_peak_rss_mb"), ".0f"), _fmt(s.get("weights_mb"), ".0f"),
             _fmt(s.get("peak_cuda_mb"), ".0f"), f"{tf:.3g}", _fmt(100 * tf / g if g else None, ".1f"), mism,
@@ -659,6 +696,9 @@ def table(run: dict, markdown: bool = False) -> str:
     la = [f"{s['system']} {statistics.median(s['load_avg_passes']):.2f}" for s in run["systems"] if s.get("load_avg_passes")]
     if la:
         notes.append("1-min load average, median over each system's timed passes: " + ", ".join(la))
+    notes.append("vs ref: median x real time over ref-fp32-1by1's; paired: median of pass-by-pass ratios (pass r of every "
+                 "system ran back to back); best: best pass over best pass; others: cores the other jobs on the machine "
+                 "used during the system's passes (median)")
     if run["device"] == "cpu":
         notes.append("cpu s: process CPU time of a pass (user + system, all threads): less sensitive than wall time to other "
                      "jobs on a shared machine")
@@ -671,9 +711,16 @@ def finish(run: dict) -> None:
     if ref is None:
         return
     run["flops_per_audio_s"] = ref["model_flops"]["total"] / ref["audio_s"]
+    ref_rates = [ref["audio_s"] / w for w in ref["walls_s"]]
     for s in run["systems"]:
         if "x_rt" in s:
             s["speedup"] = s["x_rt"] / ref["x_rt"]
+            rates = [s["audio_s"] / w for w in s["walls_s"]]
+            s["x_rt_best"] = max(rates)
+            s["speedup_best"] = max(rates) / max(ref_rates)
+            # pass r of every system ran back to back (round-robin), so pass-by-pass ratios share the machine's state
+            pairs = [x / y for x, y in zip(rates, ref_rates)]
+            s["speedup_paired"] = statistics.median(pairs) if pairs else None
             if s is not ref and "token_ids" in s:
                 s["vs_ref"] = compare(ref["token_ids"], s["token_ids"])
 
@@ -691,6 +738,8 @@ def run_preset(a, preset: str, save=lambda run: None, t_start: float | None = No
     systems = [s for s in a.systems if s != "engine-int8" or a.with_int8]
     dtypes = sorted({SYSTEMS[s][1] for s in systems if SYSTEMS[s][1]} | ({"int8"} if "engine-int8" in systems else set()))
     gemm_cmd = base + ["--child-gemm", "--gemm-dtypes", *dtypes]
+    if a.quiet_wait_s > 0:
+        wait_quiet(a.quiet_cores, a.quiet_wait_s)
     gemm, err = _run_child(gemm_cmd, 300, a.threads)
     run = {"preset": preset, "device": a.device, "model_dir": model, "workload": desc, "gemm": gemm or {"error": err}, "systems": []}
     print(f"[{preset}] workload: {desc['utterances']} utterances, {desc['audio_s']:.0f} s; matmul "
@@ -728,7 +777,8 @@ def run_preset(a, preset: str, save=lambda run: None, t_start: float | None = No
             w.kill()
             continue
         est = ready["pass_estimate_s"]
-        n = a.repeat if not a.max_system_s else min(a.repeat, int(a.max_system_s // est))
+        # the reference is the baseline of every speed-up: it always gets all its passes
+        n = a.repeat if not a.max_system_s or name == REFERENCE else min(a.repeat, int(a.max_system_s // est))
         if n < 1:
             w.kill()
             ready["skipped"] = (f"warm-up ran at {ready['warmup']['x_rt']:.2f}x real time: one pass over {desc['audio_s']:.0f} s "
@@ -749,9 +799,17 @@ def run_preset(a, preset: str, save=lambda run: None, t_start: float | None = No
                 rows[name]["passes_note"] = f"{r} of {a.repeat} passes (--time-budget-s {a.time_budget_s:g})"
                 continue
             try:
-                wall = float(w.ask("pass", "PASS", tmo()))
-                print(f"[{preset}] {name}: pass {r + 1}: {wall:.2f} s ({rows[name]['audio_s'] / wall:.1f}x real time), "
-                      f"load {os.getloadavg()[0]:.2f}", flush=True)
+                gate = wait_quiet(a.quiet_cores, a.quiet_wait_s) if a.quiet_wait_s > 0 else {}
+                b0 = machine_busy_s()
+                got = json.loads(w.ask("pass", "PASS", tmo()))
+                b1 = machine_busy_s()
+                # the other jobs' CPU use while the pass ran (the parent and the idle workers use none)
+                others = None if b0 is None else max(0.0, (b1 - b0 - got["cpu_s"]) / got["wall_s"])
+                info = {"wall_s": got["wall_s"], "cpu_s": got["cpu_s"], "others_cores": others, "load_avg": os.getloadavg()[0],
+                        "waited_quiet_s": gate.get("waited_s"), "quiet_before": gate.get("quiet")}
+                rows[name].setdefault("pass_info", []).append(info)
+                print(f"[{preset}] {name}: pass {r + 1}: {got['wall_s']:.2f} s ({rows[name]['audio_s'] / got['wall_s']:.1f}x real time), "
+                      f"others {_fmt(others, '.2f')} cores, waited {gate.get('waited_s', 0):.0f} s for quiet", flush=True)
             except RuntimeError as e:
                 rows[name]["failed"] = f"pass {r + 1}: {e}"
                 workers.pop(name).kill()
@@ -774,6 +832,8 @@ def run_preset(a, preset: str, save=lambda run: None, t_start: float | None = No
     run["systems"] = [rows[n] for n in systems if n in rows]
     if gemm and (left() is None or left() > 30):
         # measured again after the systems: on a shared machine one measurement can land in a busy moment
+        if a.quiet_wait_s > 0:
+            wait_quiet(a.quiet_cores, a.quiet_wait_s)
         again, _ = _run_child(gemm_cmd, 300, a.threads)
         for k, v in (again or {}).items():
             if k in gemm and v.get("tflops") is not None:
@@ -808,13 +868,17 @@ def parse_args(argv=None):
     ap.add_argument("--repeat", type=int, default=3, help="timed passes per system (the median is reported)")
     ap.add_argument("--warmup-n", type=int, default=2, help="warm-up utterances (the longest one is added)")
     ap.add_argument("--max-batch-frames", type=int, default=None, help="engine padded-frame budget (default: the engine's)")
+    ap.add_argument("--max-padding", type=float, default=None, help="engine padding share per batch (default: the engine's)")
     ap.add_argument("--ref-max-s", type=float, default=None,
-                    help="run ref-fp32-1by1 on a prefix of the workload holding this much audio (its rate is per audio second)")
+                    help="run the one-by-one systems on a prefix of the workload holding this much audio (rates are per audio second)")
     ap.add_argument("--max-system-s", type=float, default=120.0,
                     help="skip a system whose warm-up predicts more than this many seconds for its timed passes (0: never)")
     ap.add_argument("--system-timeout", type=float, default=900.0, help="kill a system's process after this many seconds")
     ap.add_argument("--time-budget-s", type=float, default=None,
                     help="start no system once this many seconds have passed (and cut the last one's timeout to fit)")
+    ap.add_argument("--quiet-wait-s", type=float, default=None,
+                    help="before each pass wait up to this long for the other jobs to go quiet (default: 90 on CPU, 0 on CUDA)")
+    ap.add_argument("--quiet-cores", type=float, default=0.3, help="'quiet': the other jobs use at most this many cores")
     ap.add_argument("--int8-dtype", default=None, help="dtype passed with quantize='int8' (default: float16 on CUDA, float32 on CPU)")
     ap.add_argument("--no-int8", dest="with_int8", action="store_false", help="leave engine-int8 out")
     ap.add_argument("--keep-token-ids", action="store_true", help="keep every transcript's token ids in the JSON")
@@ -829,6 +893,8 @@ def parse_args(argv=None):
     a = ap.parse_args(argv)
     if a.n is None and a.total_s is None:
         a.total_s = 150.0
+    if a.quiet_wait_s is None:
+        a.quiet_wait_s = 90.0 if a.device == "cpu" else 0.0
     return a
 
 
@@ -851,7 +917,7 @@ def main(argv=None) -> int:
         if not torch.cuda.is_available():
             print("--device cuda: torch sees no CUDA device", file=sys.stderr)
             return 1
-    data = {"env": env_info(a), "runs": []}
+    data = {"env": env_info(a), "args": {k: v for k, v in vars(a).items() if k not in ("show", "markdown")}, "runs": []}
     t_start = time.perf_counter()
 
     def save(run: dict) -> None:
@@ -859,7 +925,7 @@ def main(argv=None) -> int:
         if not a.json:
             return
         runs = data["runs"] + [run] if run not in data["runs"] else data["runs"]
-        out = {"env": {**data["env"], "load_avg_end": os.getloadavg()}, "runs": [_for_json(r, a.keep_token_ids) for r in runs]}
+        out = {"env": {**data["env"], "load_avg_end": os.getloadavg()}, "args": data["args"], "runs": [_for_json(r, a.keep_token_ids) for r in runs]}
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(out, indent=1))
 
