@@ -6,8 +6,9 @@
 # Then device:  run(command="bash benchmarks/gpu_check.sh", carry=[".gpu_carry"], timeout_s=540)
 # Afterwards:   copy $OUT's report.md / *.json into benchmarks/results/ and commit them.
 #
-# Sections are time-boxed (SECTION_TIMEOUT seconds each) so one slow part cannot eat the lease; a section
-# that times out or fails is reported as such and the script goes on.
+# Sections are time-boxed (SECTION_TIMEOUT seconds each, E2E_TIMEOUT for the end-to-end run) so one slow part
+# cannot eat the lease; a section that times out or fails is reported as such and the script goes on.
+# The device returns at most 8 files from $OUT: the report, the JSON results and logs.tgz (every log) come back.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/paraformer_ext_gpu}
@@ -66,6 +67,13 @@ for b in bench_fsmn_sanm:bench_sanm.py bench_cif:bench_cif.py bench_int8:bench_i
     --benchmark-json="$OUT/$name.json" -o addopts=""
 done
 
+# End to end, large preset (benchmarks/e2e.py): 2 hours of audio arrays (30,000x real time is 0.24 s), the
+# one-by-one fp32 reference on a 20-minute prefix of it; E2E_ARGS replaces the workload and system options.
+E2E_ARGS=${E2E_ARGS:---total-s 7200 --ref-max-s 1200 --repeat 3}
+# shellcheck disable=SC2086
+SECTION_TIMEOUT=${E2E_TIMEOUT:-240} section e2e_cuda $PY benchmarks/e2e.py --device cuda --preset large $E2E_ARGS \
+  --time-budget-s $(( ${E2E_TIMEOUT:-240} - 20 )) --json "$OUT/e2e_cuda.json"
+
 stamp "report"
 {
   echo "# GPU check"
@@ -87,6 +95,14 @@ stamp "report"
     echo
     $PY benchmarks/summarize.py "$j" --markdown | tail -n +2
   done
+  if [ -f "$OUT/e2e_cuda.json" ]; then
+    echo
+    echo "## End to end (benchmarks/e2e.py, large preset)"
+    echo
+    $PY benchmarks/e2e.py --show "$OUT/e2e_cuda.json" --markdown
+  fi
 } > "$OUT/report.md"
 cat "$OUT/report.md"
 stamp "done"
+(cd "$OUT" && tar czf logs.tgz --ignore-failed-read log.txt env.txt build.log build_info.json sections.txt tests_cuda.xml 2>/dev/null \
+  && rm -f log.txt env.txt build.log build_info.json sections.txt tests_cuda.xml)

@@ -48,7 +48,8 @@ def test_any_batching_gives_batch1_results_in_order(asr, clips):
     single = [asr.transcribe([c], timestamps=True)[0] for c in clips]
     keys = [f"array_{i}" if not isinstance(c, str) else c.rsplit("/", 1)[1][:-4] for i, c in enumerate(clips)]
     strip = lambda r: {k: v for k, v in r.items() if k != "key"}  # noqa: E731
-    for opts in [dict(max_batch_frames=300), dict(max_batch_frames=10**6), dict(batch_size=3)]:
+    for opts in [dict(max_batch_frames=300), dict(max_batch_frames=10**6), dict(max_batch_frames=10**6, max_padding=1.0),
+                 dict(batch_size=3)]:
         got = asr.transcribe(clips, timestamps=True, **opts)
         assert [r["key"] for r in got] == keys
         assert [strip(r) for r in got] == [strip(r) for r in single]
@@ -67,6 +68,26 @@ def test_frame_budget_is_respected(asr, clips):
         assert len(b) == 1 or len(b) * longest <= 400
     lens = [max(s.num_samples for s in b) for b in batches]
     assert lens == sorted(lens, reverse=True)  # longest first
+
+
+def _plan(eng, clips):
+    segs = []
+    for i, c in enumerate(clips):
+        segs += eng._segments(eng._source(c, i, str(i)), __import__("paraformer_ext.engine", fromlist=["_Pending"])._Pending(0))
+    return eng.plan(segs)
+
+
+def test_padding_share_is_respected(asr, clips):
+    assert asr.engine().opt.max_padding == 0.1  # the CPU default
+    for share in (0.0, 0.2, 0.5):
+        batches = _plan(asr.engine(max_batch_frames=10**6, max_padding=share), clips)
+        assert sum(len(b) for b in batches) == len(clips)
+        for b in batches:
+            t = [lfr_frames(s.num_samples) for s in b]
+            assert len(b) == 1 or len(b) * max(t) - sum(t) <= share * len(b) * max(t)
+    assert len(_plan(asr.engine(max_batch_frames=10**6, max_padding=1.0), clips)) == 1
+    with pytest.raises(ValueError):
+        asr.engine(max_padding=1.5)
 
 
 def test_streaming_reads_lazily(asr, clips, monkeypatch):
