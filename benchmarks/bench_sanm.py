@@ -98,7 +98,9 @@ def _impl_fn(impl, num_blocks, device, dt):
 def _compile_wanted(device, dtype, B, T):
     if os.environ.get("PARAFORMER_EXT_BENCH_COMPILE") == "0":
         return False
-    return (device == "cuda" and (B, T) == (64, 167)) or (device == "cpu" and (B, T) == (1, 100) and dtype == "fp32")
+    # the target's comparison point only (compiling the 50-layer encoder takes minutes per shape and dtype)
+    return (device == "cuda" and (B, T) == (64, 167) and dtype == "fp16") or (
+        device == "cpu" and (B, T) == (1, 100) and dtype == "fp32")
 
 
 def _bench_encoder(benchmark, device, dtype, B, T, impl, num_blocks, label):

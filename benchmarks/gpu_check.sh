@@ -3,18 +3,20 @@
 # extension for sm_90, runs the CUDA tests and the GPU benchmarks, and writes a report under $OUT.
 #
 # Here first:   bash benchmarks/gpu_prepare.sh          (golden data, audio, wheels -> .gpu_carry/)
-# Then device:  run(command="bash benchmarks/gpu_check.sh", carry=[".gpu_carry"], timeout_s=540)
+# Then device:  run(command="bash benchmarks/gpu_check.sh", carry=[".gpu_carry"], timeout_s=480)
 # Afterwards:   copy $OUT's report.md / *.json into benchmarks/results/ and commit them.
 #
-# Sections are time-boxed (SECTION_TIMEOUT seconds each, E2E_TIMEOUT for the end-to-end run) so one slow part
-# cannot eat the lease; a section that times out or fails is reported as such and the script goes on.
+# Sections are time-boxed (each its own limit, and all of them within TOTAL_BUDGET seconds from the start, 420 by
+# default: the lease is 15 minutes with start-up, and a rerun must fit) and run in order of what matters most
+# (the CUDA tests first: correctness before speed); a section that times out, fails or finds no time left is
+# reported as such and the script goes on to write the report.
 # The device returns at most 8 files from $OUT: the report, the JSON results and logs.tgz (every log) come back.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/paraformer_ext_gpu}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/log.txt") 2>&1
-SECTION_TIMEOUT=${SECTION_TIMEOUT:-150}
+TOTAL_BUDGET=${TOTAL_BUDGET:-420}
 export PYTHONUNBUFFERED=1
 export PARAFORMER_EXT_SHARED=${PARAFORMER_EXT_SHARED:-$PWD/.gpu_carry/shared}
 export PARAFORMER_EXT_CACHE=${PARAFORMER_EXT_CACHE:-$PWD/.gpu_carry/cache}
@@ -46,33 +48,50 @@ echo "build: $(( $(date +%s) - t )) s" | tee -a "$OUT/env.txt"
 $PY -c "import json, paraformer_ext as p; print(json.dumps(p.build_info()))" | tee "$OUT/build_info.json"
 $PY -c "import paraformer_ext as p, sys; sys.exit(0 if p.build_info()['cuda'] else 1)" || { echo "CUDA kernels were not built"; exit 1; }
 
-section() {  # name, then the command
-  local name=$1; shift
-  stamp "$name"
-  timeout "$SECTION_TIMEOUT" "$@"
+section() {  # name, limit in seconds, then the command; the limit shrinks to what is left of TOTAL_BUDGET
+  local name=$1 limit=$2; shift 2
+  local left=$(( TOTAL_BUDGET - ($(date +%s) - T0) ))
+  if [ "$left" -lt 15 ]; then
+    echo "$name: SKIPPED (no time left of TOTAL_BUDGET=$TOTAL_BUDGET s)" | tee -a "$OUT/sections.txt"
+    return 0
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  stamp "$name (limit $limit s)"
+  local t=$(date +%s)
+  timeout "$limit" "$@"
   local rc=$?
-  echo "$name: rc=$rc" >> "$OUT/sections.txt"
-  [ $rc -eq 124 ] && echo "$name: TIMED OUT after $SECTION_TIMEOUT s"
+  echo "$name: rc=$rc in $(( $(date +%s) - t )) s$([ $rc -eq 124 ] && echo " (TIMED OUT after $limit s)")" >> "$OUT/sections.txt"
   return 0
 }
+bench() {  # name, limit, file: the file's CUDA cases into $OUT/<name>.json
+  [ -f "benchmarks/$3" ] || return 0
+  section "$1" "$2" $PY -m pytest "benchmarks/$3" -q --benchmark-only -k "cuda" -p no:cacheprovider \
+    --benchmark-json="$OUT/$1.json" -o addopts=""
+}
 
-# CUDA tests: every test parametrized over devices runs its cuda case; the golden parity runs on cuda.
-section tests $PY -m pytest tests -q -x -k "cuda" -p no:cacheprovider --junitxml="$OUT/tests_cuda.xml" -o addopts="-ra"
+# 1. CUDA tests: every test parametrized over devices runs its cuda case; the golden parity runs on cuda.
+section tests 150 $PY -m pytest tests -q -k "cuda" -p no:cacheprovider --junitxml="$OUT/tests_cuda.xml" -o addopts="-ra"
 
-# Benchmarks (CUDA cases only), each file into its own JSON.
-for b in bench_fsmn_sanm:bench_sanm.py bench_cif:bench_cif.py bench_int8:bench_int8.py bench_out_proj:bench_out_proj.py bench_e2e:bench_e2e.py bench_vad:bench_vad.py; do
-  name=${b%%:*}; file=benchmarks/${b#*:}
-  [ -f "$file" ] || continue
-  section "$name" $PY -m pytest "$file" -q --benchmark-only -k "cuda" -p no:cacheprovider \
-    --benchmark-json="$OUT/$name.json" -o addopts=""
-done
+# 2. Kernel benchmarks (CUDA cases only; bandwidth vs the device-to-device copy of the same run).
+bench bench_cif 45 bench_cif.py
+bench bench_fsmn_sanm 90 bench_sanm.py
+bench bench_int8 30 bench_int8.py
+bench bench_out_proj 30 bench_out_proj.py
 
-# End to end, large preset (benchmarks/e2e.py): 2 hours of audio arrays (30,000x real time is 0.24 s), the
+# 3. End to end, large preset (benchmarks/e2e.py): 2 hours of audio arrays (30,000x real time is 0.24 s), the
 # one-by-one fp32 reference on a 20-minute prefix of it; E2E_ARGS replaces the workload and system options.
 E2E_ARGS=${E2E_ARGS:---total-s 7200 --ref-max-s 1200 --repeat 3}
+E2E_TIMEOUT=${E2E_TIMEOUT:-120}
 # shellcheck disable=SC2086
-SECTION_TIMEOUT=${E2E_TIMEOUT:-240} section e2e_cuda $PY benchmarks/e2e.py --device cuda --preset large $E2E_ARGS \
-  --time-budget-s $(( ${E2E_TIMEOUT:-240} - 20 )) --json "$OUT/e2e_cuda.json"
+section e2e_cuda "$E2E_TIMEOUT" $PY benchmarks/e2e.py --device cuda --preset large $E2E_ARGS \
+  --time-budget-s $(( E2E_TIMEOUT - 15 )) --json "$OUT/e2e_cuda.json"
+
+# 4. int8 vs fp16 (accuracy, speed, memory), half-precision accuracy, long audio, VAD.
+section int8_report 60 $PY benchmarks/int8_report.py --device cuda --repeat 5 --json "$OUT/int8_cuda.json"
+section precision 45 $PY benchmarks/precision.py --device cuda --quantize int8 --json "$OUT/precision_cuda.json"
+section long_audio 60 $PY benchmarks/bench_long_audio.py --preset large --minutes 10 180 --device cuda --dtype float16 \
+  --out "$OUT/long_audio_cuda.json"
+bench bench_vad 20 bench_vad.py
 
 stamp "report"
 {
@@ -95,6 +114,15 @@ stamp "report"
     echo
     $PY benchmarks/summarize.py "$j" --markdown | tail -n +2
   done
+  for j in int8_cuda precision_cuda long_audio_cuda; do
+    [ -f "$OUT/$j.json" ] || continue
+    echo
+    echo "## $j (full file in logs.tgz / $j.json)"
+    echo
+    echo '```'
+    $PY -c "import json,sys; d=json.load(open(sys.argv[1])); [print(json.dumps(r)) for k in ('speed','memory','rows','results') for r in (d.get(k) if isinstance(d.get(k), list) else [d.get(k)] if d.get(k) else [])]" "$OUT/$j.json" | cut -c1-400
+    echo '```'
+  done
   if [ -f "$OUT/e2e_cuda.json" ]; then
     echo
     echo "## End to end (benchmarks/e2e.py, large preset)"
@@ -104,5 +132,8 @@ stamp "report"
 } > "$OUT/report.md"
 cat "$OUT/report.md"
 stamp "done"
-(cd "$OUT" && tar czf logs.tgz --ignore-failed-read log.txt env.txt build.log build_info.json sections.txt tests_cuda.xml 2>/dev/null \
-  && rm -f log.txt env.txt build.log build_info.json sections.txt tests_cuda.xml)
+# At most 8 files come back: report.md, logs.tgz and the JSON results; small JSONs go into the tarball too.
+(cd "$OUT" && tar czf logs.tgz --ignore-failed-read log.txt env.txt build.log build_info.json sections.txt tests_cuda.xml \
+  bench_vad.json precision_cuda.json long_audio_cuda.json 2>/dev/null \
+  && rm -f log.txt env.txt build.log build_info.json sections.txt tests_cuda.xml bench_vad.json precision_cuda.json \
+    long_audio_cuda.json)
