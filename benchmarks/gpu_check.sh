@@ -24,8 +24,19 @@ PY=${PY:-python3}
 T0=$(date +%s)
 stamp() { echo "=== [$(( $(date +%s) - T0 )) s] $*"; }
 
-if ls .gpu_carry/whl/*.whl >/dev/null 2>&1; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu_carry/whl/*.whl \
+# The carried wheels, only for what the image lacks (its own numpy etc. stay in charge).
+missing=$($PY - <<'PYEOF'
+import glob, importlib.util, os
+mod = {"pyyaml": "yaml"}
+for w in sorted(glob.glob(".gpu_carry/whl/*.whl")):
+    name = os.path.basename(w).split("-")[0].lower()
+    if importlib.util.find_spec(mod.get(name, name)) is None:
+        print(w)
+PYEOF
+)
+if [ -n "$missing" ]; then
+  # shellcheck disable=SC2086
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site $missing \
     && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 
