@@ -12,6 +12,7 @@ from .model.config import UnsupportedModelError
 from .ops.cif import CifOutput, cif, cif_cumsum_ref, cif_fn, cif_ref
 from .ops.fsmn import fsmn_memory, fsmn_memory_fn, fsmn_memory_ref
 from .ops.out_proj import out_proj_argmax, out_proj_argmax_fn, out_proj_argmax_ref
+from .quantize import Int8Linear, quantize, save_quantized
 from .recognizer import Recognizer, load
 
 __version__ = "0.1.0"
@@ -19,6 +20,9 @@ __version__ = "0.1.0"
 __all__ = [
     "load",
     "Recognizer",
+    "quantize",
+    "save_quantized",
+    "Int8Linear",
     "load_audio",
     "AudioError",
     "ModelLoadError",
