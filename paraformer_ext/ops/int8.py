@@ -202,13 +202,16 @@ def int8_linear_from_quantized_ref(
     The GEMM is done in float64 on the integer values (exact while K * 127 * 127 < 2^53) and cast to int32, so
     it equals torch._int_mm; then `int8_linear_epilogue_ref`. residual: (..., N) of out_dtype or None.
     """
+    return _from_quantized(_int_gemm_exact, int8_linear_epilogue_ref, q, s, wq, w_scale, bias, residual, relu, out_dtype)
+
+
+def _from_quantized(gemm, epilogue, q, s, wq, w_scale, bias, residual, relu, out_dtype):
+    """(..., K) int8 rows through `gemm` and `epilogue`: the shared body of the _ref and _fn twins."""
     K = q.shape[-1]
     N = _check_weight(wq, w_scale, K)
-    lead = q.shape[:-1]
-    acc = _int_gemm_exact(q.reshape(-1, K), wq)
+    acc = gemm(q.reshape(-1, K), wq)
     res = None if residual is None else residual.reshape(-1, N)
-    y = int8_linear_epilogue_ref(acc, s.reshape(-1), w_scale, bias, res, relu, out_dtype)
-    return y.reshape(*lead, N)
+    return epilogue(acc, s.reshape(-1), w_scale, bias, res, relu, out_dtype).reshape(*q.shape[:-1], N)
 
 
 def int8_linear_ref(
@@ -349,13 +352,7 @@ def int8_linear_from_quantized_fn(
 ) -> torch.Tensor:
     """`int_mm` + the compiled epilogue on activations already quantized (by `layer_norm_quantize_rows_fn` or
     `int8_linear_epilogue_quantize_fn`); same signature and result as `int8_linear_from_quantized_ref`."""
-    K = q.shape[-1]
-    N = _check_weight(wq, w_scale, K)
-    lead = q.shape[:-1]
-    acc = int_mm(q.reshape(-1, K), wq)
-    res = None if residual is None else residual.reshape(-1, N)
-    y = int8_linear_epilogue_fn(acc, s.reshape(-1), w_scale, bias, res, relu, out_dtype)
-    return y.reshape(*lead, N)
+    return _from_quantized(int_mm, int8_linear_epilogue_fn, q, s, wq, w_scale, bias, residual, relu, out_dtype)
 
 
 def int8_linear_fn(
