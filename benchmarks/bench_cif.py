@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from paraformer_ext import build_info, cif_cumsum_ref, cif_fn, cif_ref, has_cuda_kernels, has_kernels
+from paraformer_ext import build_info, cif_cumsum, cif_fn, cif_ref, has_cuda_kernels, has_kernels
 
 pytestmark = pytest.mark.skipif(not has_kernels(), reason="compiled extension not built")
 
@@ -41,7 +41,7 @@ BATCHES = (1, 8, 64)
 FRAMES = (100, 500, 3000)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 TAIL = 0.45
-IMPLS = {"fused": cif_fn, "cumsum_ref": cif_cumsum_ref, "loop_ref": cif_ref}
+IMPLS = {"fused": cif_fn, "cumsum_ref": cif_cumsum, "loop_ref": cif_ref}
 CPU_THREADS = int(os.environ.get("BENCH_CPU_THREADS", "2"))
 
 

@@ -9,7 +9,7 @@ from ._ext import build_info, has_cuda_kernels, has_kernels
 from .audio import AudioError, load_audio
 from .checkpoint import ModelLoadError
 from .model.config import UnsupportedModelError
-from .ops.cif import CifOutput, cif, cif_cumsum_ref, cif_fn, cif_ref
+from .ops.cif import CifOutput, cif, cif_cumsum, cif_fn, cif_ref
 from .ops.fsmn import fsmn_memory, fsmn_memory_fn, fsmn_memory_ref
 from .ops.out_proj import out_proj_argmax, out_proj_argmax_fn, out_proj_argmax_ref
 from .quantize import Int8Linear, quantize, save_quantized
@@ -33,7 +33,7 @@ __all__ = [
     "cif",
     "cif_fn",
     "cif_ref",
-    "cif_cumsum_ref",
+    "cif_cumsum",
     "CifOutput",
     "fsmn_memory",
     "fsmn_memory_fn",

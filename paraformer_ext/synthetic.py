@@ -188,7 +188,7 @@ def run_demo(a) -> int:
     kernels and with the reference, and compare."""
     import soundfile as sf
 
-    from ._ext import kernels_available_for
+    from ._ext import use_kernels as resolve_kernels
     from .recognizer import load
 
     work = Path(a.workdir) if a.workdir else default_cache() / "demo"
@@ -208,7 +208,7 @@ def run_demo(a) -> int:
     total_s = sum(sf.info(p).duration for p in paths)
     print(f"paraformer_ext demo: {len(paths)} synthetic utterances ({total_s:.1f} s of audio) in {wav_dir}")
     print("NOTE: the model has RANDOM weights, so the text is meaningless; the pipeline, the kernels and the timings are real.\n")
-    use_kernels = not a.no_kernels and kernels_available_for(a.device)
+    use_kernels = resolve_kernels(False if a.no_kernels else None, a.device)
     runs = {}
     quant = getattr(a, "quantize", None)
     plan = ([("kernels", True, None)] if use_kernels else []) + [("reference", False, None)]

@@ -11,13 +11,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._ext import kernels_available_for
+from .._ext import use_kernels as _use_kernels
 from ..ops.fsmn import fsmn_left, fsmn_memory
 from ..ops.sanm import cross_attention_fn, cross_attention_ref, sanm_self_attention_fn, sanm_self_attention_ref
 
 
 def use_kernels(module: nn.Module, x: torch.Tensor) -> bool:
-    return module.kernels and kernels_available_for(x.device)
+    return _use_kernels(module.kernels, x.device)
 
 
 class MultiHeadedAttentionSANM(nn.Module):

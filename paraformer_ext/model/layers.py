@@ -6,7 +6,7 @@ import math
 import torch
 from torch import nn
 
-from .._ext import kernels_available_for
+from .._ext import use_kernels
 from ..ops.linear import linear_fn
 from ..ops.sanm import ffn_fn, ffn_ref
 
@@ -39,7 +39,7 @@ class PositionwiseFeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, norm: nn.Module | None = None) -> torch.Tensor:
         """norm: the layer's pre-norm, when x is not normalised yet (fused into int8 quantization)."""
-        if self.kernels and not self.training and kernels_available_for(x.device):
+        if not self.training and use_kernels(self.kernels, x.device):
             return ffn_fn(self, x, residual, norm)
         x = x if norm is None else norm(x)
         if self.training:
@@ -61,7 +61,7 @@ class PositionwiseFeedForwardDecoderSANM(nn.Module):
 
     def forward(self, x: torch.Tensor, norm: nn.Module | None = None) -> torch.Tensor:
         """norm: the layer's pre-norm, when x is not normalised yet."""
-        if self.kernels and not self.training and kernels_available_for(x.device):
+        if not self.training and use_kernels(self.kernels, x.device):
             if getattr(self.w_1, "chains_int8", False) and getattr(self.w_2, "chains_int8", False):
                 return self.w_1.chain(self.w_2, x, norm=norm, mid_norm=self.norm)
             return linear_fn(self.w_2, self.norm(linear_fn(self.w_1, x, relu=True, norm=norm)))

@@ -9,7 +9,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .._ext import kernels_available_for
+from .._ext import use_kernels
 from ..ops.out_proj import out_proj_argmax
 from .config import ParaformerConfig
 from .decoder import ParaformerSANMDecoder
@@ -50,7 +50,8 @@ class Paraformer(nn.Module):
         self.kernels = False
 
     def set_kernels(self, on: bool) -> "Paraformer":
-        """Use the compiled ops (when built for the weights' device) or the plain PyTorch reference."""
+        """Run the compiled ops (True: every module raises where they are not built for its tensors' device) or
+        the plain PyTorch reference everywhere (False). Resolve a user's None first with _ext.use_kernels."""
         self.kernels = bool(on)
         for m in self.modules():
             if hasattr(m, "kernels"):
@@ -98,7 +99,7 @@ class Paraformer(nn.Module):
         if N == 0:
             empty = torch.zeros(B, 0, dtype=torch.long, device=features.device)
             return GreedyOutput(empty, empty.float(), pred.token_num, enc, lengths, pred.alphas, pred.fires, pred.acoustic_embeds)
-        if self.kernels and kernels_available_for(enc.device):
+        if use_kernels(self.kernels, enc.device):
             # the fused projection + log_softmax + argmax: the (B, N, vocab) logits are never written
             hidden = self.decoder.forward_hidden(enc, lengths, pred.acoustic_embeds.to(self.dtype), pred.token_num)
             ids, best = out_proj_argmax(hidden, self.decoder.output_layer)  # nn.Linear or int8

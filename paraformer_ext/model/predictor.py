@@ -15,8 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._ext import kernels_available_for
-from ..ops.cif import cif_cumsum_ref, cif_fn
+from ..ops.cif import cif
 from .config import PredictorConfig
 from .layers import key_padding_mask
 
@@ -57,10 +56,9 @@ class CifPredictorV2(nn.Module):
         if lengths is None:
             lengths = torch.full((B,), T, dtype=torch.long, device=hidden.device)
         tail = self.cfg.tail_threshold if target_lengths is None else 0.0
-        # the fused op; the reference path is the vectorised cumulative-sum CIF FunASR's V2 predictor runs
-        # (cif_v1), with float64 fire decisions, so both give the same fires (tests/test_parity.py)
-        fn = cif_fn if self.kernels and kernels_available_for(hidden.device) else cif_cumsum_ref
-        out = fn(hidden.to(alphas.dtype), alphas, self.cfg.threshold, lengths, tail, target_lengths)
+        # the compiled op, or the reference: the plain float64 loop of spec §3.4 (cif_ref), the oracle the op is
+        # tested against; both give FunASR's fires on the goldens (tests/test_parity.py)
+        out = cif(hidden.to(alphas.dtype), alphas, self.cfg.threshold, lengths, tail, target_lengths, kernels=self.kernels)
         if tail > 0:
             # alphas with the tail slot, as FunASR's tail_process_fn returns them (timestamps read them)
             full = torch.zeros(B, T + 1, dtype=alphas.dtype, device=alphas.device)

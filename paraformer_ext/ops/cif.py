@@ -61,7 +61,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .._ext import has_kernels, kernels_available_for
+from .._ext import has_kernels, use_kernels
 
 
 class CifOutput(NamedTuple):
@@ -218,7 +218,7 @@ def cif_ref(
     return CifOutput(embeds.to(hidden.dtype), token_num, fires.to(alphas.dtype), fire_frames.to(torch.int64))
 
 
-def cif_cumsum_ref(
+def cif_cumsum(
     hidden: torch.Tensor,
     alphas: torch.Tensor,
     threshold: float = 1.0,
@@ -226,7 +226,8 @@ def cif_cumsum_ref(
     tail_threshold: float = 0.0,
     target_lengths=None,
 ) -> CifOutput:
-    """Vectorised CIF in the spirit of FunASR's cif_v1 (our own code): the benchmarks' fast baseline.
+    """Vectorised CIF in the spirit of FunASR's cif_v1 (our own code): the benchmarks' fast PyTorch baseline, not
+    a reference (`cif_ref` is the oracle and what kernels=False runs).
 
     Fires where floor(float64 prefix sum) increases (threshold 1 assumed, like cif_v1, but without its float32
     cast and without its crash on a zero-fire last item); embeddings are differences of a cumulative sum of
@@ -346,10 +347,10 @@ def cif(
     tail_threshold: float = 0.0,
     target_lengths=None,
     *,
-    kernels: bool = True,
+    kernels: bool | None = None,
 ) -> CifOutput:
-    """CIF integrate-and-fire (semantics in this module's docstring): the compiled op when it is built for
-    hidden's device and `kernels`, else `cif_ref`.
+    """CIF integrate-and-fire (semantics in this module's docstring): `cif_fn` or `cif_ref`, chosen by
+    `kernels` for hidden's device (_ext.use_kernels).
 
     hidden: (B, T, D) encoder output; alphas: (B, T) predictor weights (float32/float64); lengths: (B,) valid
     frames per utterance or None; tail_threshold: inference tail weight (CifPredictorV2 config: 0.45);
@@ -357,6 +358,6 @@ def cif(
     Returns CifOutput(acoustic_embeds (B, N, D), token_num (B,) int64, fires (B, T or T+1),
     fire_frames (B, N) int64).
     """
-    if kernels and kernels_available_for(hidden.device):
+    if use_kernels(kernels, hidden.device):
         return cif_fn(hidden, alphas, threshold, lengths, tail_threshold, target_lengths)
     return cif_ref(hidden, alphas, threshold, lengths, tail_threshold, target_lengths)

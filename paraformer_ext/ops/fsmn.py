@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .._ext import has_kernels, kernels_available_for
+from .._ext import has_kernels, use_kernels
 
 
 def fsmn_left(kernel_size: int, sanm_shfit: int = 0) -> int:
@@ -141,9 +141,10 @@ def fsmn_memory(
     residual: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
     *,
-    kernels: bool = True,
+    kernels: bool | None = None,
 ) -> torch.Tensor:
-    """FSMN memory block: the compiled op when built for x's device and `kernels`, else the reference."""
-    if kernels and kernels_available_for(x.device):
+    """FSMN memory block: `fsmn_memory_fn` or `fsmn_memory_ref`, chosen by `kernels` for x's device
+    (_ext.use_kernels)."""
+    if use_kernels(kernels, x.device):
         return fsmn_memory_fn(x, weight, lengths, left, residual, bias)
     return fsmn_memory_ref(x, weight, lengths, left, residual, bias)
