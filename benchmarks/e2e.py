@@ -349,8 +349,6 @@ class Worker:
     def finish(self) -> dict:
         import resource
 
-        from paraformer_ext.engine import lfr_frames
-
         torch, a, out = self.torch, self.a, self.out
         if self.asr is None or not self.walls:
             return out
@@ -376,10 +374,9 @@ class Worker:
             token_ids=[r.get("token_ids", []) for r in res], oom_splits=self.oom,
         )
         cfg, fr = self.asr.model.cfg, self.asr.frontend.cfg
-        geom = (int(fr.frame_length * fr.fs / 1000), int(fr.frame_shift * fr.fs / 1000), fr.lfr_n)
         fl = {"encoder": 0, "predictor": 0, "decoder": 0, "total": 0}
         for L, ids in zip(self.lengths, out["token_ids"]):
-            for k, v in model_flops(cfg, lfr_frames(L, *geom), len(ids)).items():
+            for k, v in model_flops(cfg, fr.feature_frames(L), len(ids)).items():
                 fl[k] += v
         out["model_flops"] = fl
         return out

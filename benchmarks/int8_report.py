@@ -104,7 +104,6 @@ def main() -> None:
     from precision import compare
 
     import paraformer_ext
-    from paraformer_ext.quantize import quantize_model
 
     model_dir = Path(a.model_dir) if a.model_dir else golden_checkpoint("large")
     dtype = a.dtype or ("float16" if a.device == "cuda" else "float32")
@@ -119,7 +118,7 @@ def main() -> None:
     }
     # the same int8 weights with split (two-part) activations in the encoder's QKV projections (an option)
     split = paraformer_ext.load(model_dir, device=a.device, kernels=True)
-    quantize_model(split.model, split=lambda name: name.startswith("encoder.") and name.endswith("linear_q_k_v"))
+    split.quantize(split=lambda name: name.startswith("encoder.") and name.endswith("linear_q_k_v"))
     split.model.cast(getattr(torch, dtype)).set_kernels(True)
     systems["int8-split-qkv"] = split
 

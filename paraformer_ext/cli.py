@@ -1,10 +1,9 @@
-"""Command line: `paraformer-ext transcribe|demo|info` (and `vad` once built)."""
+"""Command line: `paraformer-ext transcribe|vad|demo|info`."""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-import time
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -25,11 +24,11 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--segmenter", default="vad", choices=["vad", "window", "none"],
                    help="how long inputs are cut: FSMN-VAD speech segments (default), fixed windows, or not at all")
     p.add_argument("--window-s", type=float, default=30.0, help="window length for --segmenter window (default: 30)")
-    p.add_argument("--vad-model-dir", default=None, help="a local FunASR fsmn-vad directory (default: fetched once and cached)")
+    p.add_argument("--vad-model-dir", default=None, help="a FunASR fsmn-vad directory (default: the fsmn-vad shipped with paraformer_ext)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _in_order(pairs, n: int):
+def _in_order(pairs):
     """Yield results in input order as soon as each next one is available (inputs finish out of order)."""
     held, nxt = {}, 0
     for i, r in pairs:
@@ -53,17 +52,14 @@ def _print_results(results, as_json: bool, timestamps: bool) -> int:
             if timestamps:
                 out["timestamp"] = r["timestamp"]
             out["token_ids"] = r["token_ids"]
-            for extra in ("segments", "note"):
-                if extra in r:
-                    out[extra] = r[extra]
+            if "segments" in r:
+                out["segments"] = r["segments"]
             print(json.dumps(out, ensure_ascii=False), flush=True)
         else:
             line = f"{r['key']}\t{r['text']}"
             if timestamps:
                 line += "\t" + json.dumps(r["timestamp"])
             print(line, flush=True)
-            if "note" in r:
-                print(f"note: {r['key']}: {r['note']}", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -77,7 +73,7 @@ def cmd_transcribe(a) -> int:
         long_audio_s=a.long_audio_s, segmenter=a.segmenter, window_s=a.window_s, vad_model_dir=a.vad_model_dir,
         progress=not a.quiet and sys.stderr.isatty(),
     )
-    return _print_results(_in_order(pairs, len(a.audio)), a.json, a.timestamps)
+    return _print_results(_in_order(pairs), a.json, a.timestamps)
 
 
 def cmd_info(a) -> int:
@@ -129,11 +125,7 @@ def main(argv=None) -> int:
 
         return vad_main(argv[1:])
     a = ap.parse_args(argv)
-    t0 = time.time()
-    rc = a.fn(a)
-    if getattr(a, "verbose", False):
-        print(f"done in {time.time() - t0:.2f} s", file=sys.stderr)
-    return rc
+    return a.fn(a)
 
 
 if __name__ == "__main__":

@@ -16,9 +16,9 @@ Plan, then run:
 """
 from __future__ import annotations
 
-import math
 import os
 import time
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +28,8 @@ import numpy as np
 import torch
 
 from .audio import AudioError, load_audio, read_audio_range, audio_num_samples
-from .text import postprocess
-
-SAMPLE_RATE = 16000
+from .pipeline import Pipeline
+from .results import Result
 
 
 @dataclass
@@ -54,19 +53,20 @@ class EngineOptions:
 
 @dataclass
 class Source:
-    """One input: a file path (read lazily) or an in-memory waveform (16 kHz after resampling)."""
+    """One input: a file path (read lazily) or an in-memory waveform, at `sample_rate` (the model's)."""
 
     index: int
     key: str
     path: str | None
     wave: torch.Tensor | None
-    num_samples: int  # at 16 kHz
+    num_samples: int  # at sample_rate
+    sample_rate: int
     error: str | None = None
 
     def read(self, start: int, stop: int) -> torch.Tensor:
         if self.wave is not None:
             return self.wave[start:stop]
-        return read_audio_range(self.path, start, stop, target_sr=SAMPLE_RATE)
+        return read_audio_range(self.path, start, stop, target_sr=self.sample_rate)
 
 
 @dataclass
@@ -84,15 +84,8 @@ class Segment:
 @dataclass
 class _Pending:
     parts: int
-    notes: list = field(default_factory=list)
     segments: list = field(default_factory=list)
     results: dict = field(default_factory=dict)
-
-
-def lfr_frames(num_samples: int, frame_length: int = 400, frame_shift: int = 160, lfr_n: int = 6) -> int:
-    """LFR frames WavFrontend produces for a clip (short clips get a shortened window, so >= 1 frame)."""
-    fb = 1 if num_samples < frame_length else 1 + (num_samples - frame_length) // frame_shift
-    return -(-fb // lfr_n)
 
 
 def key_for(item, index: int) -> str:
@@ -127,10 +120,13 @@ class StageTimer:
 
 
 class Engine:
-    def __init__(self, recognizer, options: EngineOptions | None = None):
-        self.asr = recognizer
+    """Inputs → results over one Pipeline (pipeline.py), the only thing of the model it uses."""
+
+    def __init__(self, pipeline: Pipeline, options: EngineOptions | None = None):
+        self.pipeline = pipeline
         self.opt = options or EngineOptions()
-        self.device = recognizer.device
+        self.device = pipeline.device
+        self.sample_rate = pipeline.sample_rate
         if self.opt.max_batch_frames is None:
             self.opt.max_batch_frames = 12000 if self.device.type == "cuda" else 3000
         if self.opt.max_batch_frames < 1 or self.opt.max_batch_size < 1:
@@ -146,55 +142,69 @@ class Engine:
         self.timer = StageTimer(self.device, self.opt.profile)
         self.oom_splits = 0
         self._vad = None
-        fc = recognizer.frontend.cfg
-        self._frame = (int(fc.frame_length * fc.fs / 1000), int(fc.frame_shift * fc.fs / 1000), fc.lfr_n)
+        self._vad_warned = False
 
     # --- planning --------------------------------------------------------------------------------------
 
-    def _source(self, item, index: int, key: str) -> Source:
+    def _source(self, item, index: int, key: str, sample_rate: int | None) -> Source:
+        sr, min_samples = self.sample_rate, self.pipeline.min_samples
         try:
             if isinstance(item, (str, os.PathLike)):
-                n = audio_num_samples(item, target_sr=SAMPLE_RATE)
-                src = Source(index, key, os.fspath(item), None, n)
+                n = audio_num_samples(item, target_sr=sr)
+                src = Source(index, key, os.fspath(item), None, n, sr)
             else:
-                w = load_audio(item, target_sr=SAMPLE_RATE)
-                src = Source(index, key, None, w, w.numel())
-            if src.num_samples < self.asr.min_samples:
+                w = load_audio(item, sample_rate=sample_rate, target_sr=sr)
+                src = Source(index, key, None, w, w.numel(), sr)
+            if src.num_samples < min_samples:
                 what = src.path or "array input"
                 raise AudioError(
-                    f"{what}: audio is {src.num_samples} samples ({1000 * src.num_samples / SAMPLE_RATE:.1f} ms), shorter than "
-                    f"one {self.asr.frontend.cfg.frame_length:g} ms analysis frame ({self.asr.min_samples} samples); nothing to transcribe"
+                    f"{what}: audio is {src.num_samples} samples ({1000 * src.num_samples / sr:.1f} ms at {sr} Hz), "
+                    f"shorter than one {1000 * min_samples / sr:g} ms analysis frame ({min_samples} samples); "
+                    "nothing to transcribe"
                 )
             return src
         except AudioError as e:
-            return Source(index, key, None, None, 0, error=str(e))
+            return Source(index, key, None, None, 0, sr, error=str(e))
 
     def _vad_model(self):
         if self._vad is None:
             from .vad import FsmnVad
 
-            self._vad = FsmnVad.load(self.opt.vad_model_dir, device=self.device)
+            self._vad = FsmnVad.load(self.opt.vad_model_dir, device=self.device, kernels=self.pipeline.kernels)
         return self._vad
 
+    def _vad_spans(self, src: Source) -> list[tuple[int, int]] | None:
+        """Speech segments in samples at the model's rate, or None (with a warning) when the VAD cannot run."""
+        from .vad.weights import VadWeightsError
+
+        sr, n = self.sample_rate, src.num_samples
+        try:
+            vad = self._vad_model()
+        except (OSError, VadWeightsError, ValueError) as e:
+            if not self._vad_warned:
+                self._vad_warned = True
+                warnings.warn(f"the FSMN-VAD could not be loaded ({e}); long inputs are cut into fixed "
+                              f"{self.opt.window_s:g} s windows instead, which may cut words. Fix the VAD model "
+                              "(vad_model_dir / --vad-model-dir), or choose segmenter='window' to silence this.",
+                              RuntimeWarning, stacklevel=4)
+            return None
+        # the VAD works at 16 kHz: files are read at its rate, arrays resampled from the model's
+        if src.path is not None:
+            found = vad.segments(src.path)
+        else:
+            found = vad.segments(src.wave, sample_rate=sr)
+        return [(s * sr // 1000, min(n, e * sr // 1000)) for s, e in found]
+
     def _segments(self, src: Source, pending: _Pending) -> list[Segment]:
-        n = src.num_samples
-        if n <= self.opt.long_audio_s * SAMPLE_RATE or self.opt.segmenter == "none":
+        n, sr = src.num_samples, self.sample_rate
+        if n <= self.opt.long_audio_s * sr or self.opt.segmenter == "none":
             return [Segment(src, 0, 0, n)]
-        spans: list[tuple[int, int]] | None = None
-        if self.opt.segmenter == "vad":
-            try:
-                vad = self._vad_model()
-                audio = src.path if src.path is not None else src.wave
-                spans = [(s * SAMPLE_RATE // 1000, min(n, e * SAMPLE_RATE // 1000)) for s, e in vad.segments(audio)]
-            except (OSError, RuntimeError, ValueError) as e:
-                pending.notes.append(f"VAD unavailable ({e}); split into fixed {self.opt.window_s:g} s windows instead")
+        spans = self._vad_spans(src) if self.opt.segmenter == "vad" else None
         if spans is None:
-            w = int(self.opt.window_s * SAMPLE_RATE)
+            w = int(self.opt.window_s * sr)
             spans = [(s, min(n, s + w)) for s in range(0, n, w)]
-            if not pending.notes:
-                pending.notes.append(f"longer than {self.opt.long_audio_s:g} s: split into fixed {self.opt.window_s:g} s windows (no VAD)")
-        spans = [(s, e) for s, e in spans if e - s >= self.asr.min_samples]
-        pending.segments = [[s * 1000 // SAMPLE_RATE, e * 1000 // SAMPLE_RATE] for s, e in spans]
+        spans = [(s, e) for s, e in spans if e - s >= self.pipeline.min_samples]
+        pending.segments = [[s * 1000 // sr, e * 1000 // sr] for s, e in spans]
         return [Segment(src, i, s, e) for i, (s, e) in enumerate(spans)]
 
     def plan(self, segments: Sequence[Segment]) -> list[list[Segment]]:
@@ -204,7 +214,7 @@ class Engine:
         cur: list[Segment] = []
         cur_max = cur_real = 0
         for seg in order:
-            t = lfr_frames(seg.num_samples, *self._frame)
+            t = self.pipeline.feature_frames(seg.num_samples)
             if cur:
                 padded = (len(cur) + 1) * max(cur_max, t)
                 if (padded > self.opt.max_batch_frames or len(cur) >= self.opt.max_batch_size
@@ -228,28 +238,13 @@ class Engine:
             host[i, : s.num_samples] = s.src.read(s.start, s.stop)
         return host.to(self.device, non_blocking=True), lengths.to(self.device, non_blocking=True)
 
-    @torch.no_grad()
-    def _run_batch(self, batch: Sequence[Segment]) -> list[dict]:
+    def _run_batch(self, batch: Sequence[Segment]) -> list[Result]:
         self.timer.restart()
         wave, lengths = self._read_batch(batch)
         self.timer.mark("read")
-        feats, flens = self.asr.frontend(wave, lengths)
-        self.timer.mark("frontend")
-        out = self.asr.model.greedy(feats, flens, timer=self.timer)
-        res = []
-        token_num = out.token_num.cpu()
-        ids = out.token_ids.cpu()
-        fires = out.fires.float().cpu()
-        alphas = out.alphas.float().cpu()
-        enc_lens = out.encoder_lengths.cpu()
-        for b in range(len(batch)):
-            n, t = int(token_num[b]), int(enc_lens[b])
-            res.append(postprocess(ids[b, :n].tolist(), self.asr.tokens, fires[b, : t + 1], alphas[b, : t + 1],
-                                   timestamps=self.opt.timestamps))
-        self.timer.mark("text")
-        return res
+        return self.pipeline.recognize(wave, lengths, timestamps=self.opt.timestamps, timer=self.timer)
 
-    def _run_with_oom_split(self, batch: Sequence[Segment]) -> list[dict]:
+    def _run_with_oom_split(self, batch: Sequence[Segment]) -> list[Result]:
         try:
             return self._run_batch(batch)
         except torch.cuda.OutOfMemoryError:
@@ -261,16 +256,17 @@ class Engine:
             half = len(batch) // 2
             return self._run_with_oom_split(batch[:half]) + self._run_with_oom_split(batch[half:])
 
-    def run(self, inputs: Sequence, keys: Sequence[str] | None = None) -> Iterator[tuple[int, dict]]:
-        """Yield (input index, result) as inputs complete. A result is {"key", "text", "token_ids"}
-        (+ "timestamp"), plus "segments" and "note" when the input was cut; {"key", "error"} when it could
-        not be read."""
+    def run(self, inputs: Sequence, keys: Sequence[str] | None = None,
+            sample_rate: int | None = None) -> Iterator[tuple[int, Result]]:
+        """Yield (input index, result) as inputs complete (results.Result: {"key", "text", "token_ids"}
+        (+ "timestamp"), plus "segments" when the input was cut; {"key", "error"} when it could not be read).
+        sample_rate: the rate of array inputs (None: the model's); files carry theirs."""
         keys = list(keys) if keys is not None else [key_for(x, i) for i, x in enumerate(inputs)]
         pending: dict[int, _Pending] = {}
         segments: list[Segment] = []
         total_s = 0.0
         for i, item in enumerate(inputs):
-            src = self._source(item, i, keys[i])
+            src = self._source(item, i, keys[i], sample_rate)
             if src.error is not None:
                 yield i, {"key": src.key, "error": src.error}
                 continue
@@ -282,7 +278,7 @@ class Engine:
                 continue
             p.parts = len(segs)
             pending[i] = p
-            total_s += src.num_samples / SAMPLE_RATE
+            total_s += src.num_samples / self.sample_rate
             if not segs:  # a long input with no speech: an empty result, not an error
                 pending.pop(i)
                 yield i, self._assemble(src, p)
@@ -310,7 +306,7 @@ class Engine:
                     continue
                 p.results[seg.part] = r
                 if bar is not None:
-                    bar.update(round(seg.num_samples / SAMPLE_RATE, 1))
+                    bar.update(round(seg.num_samples / self.sample_rate, 1))
                 if len(p.results) == p.parts:
                     pending.pop(i)
                     files_done += 1
@@ -320,7 +316,7 @@ class Engine:
         if bar is not None:
             bar.close()
 
-    def _assemble(self, src: Source, p: _Pending) -> dict:
+    def _assemble(self, src: Source, p: _Pending) -> Result:
         """Join the segments of one input as FunASR's VAD pipeline does: texts joined by a space,
         timestamps offset by the segment start (ms)."""
         parts = [p.results[k] for k in sorted(p.results)]
@@ -335,6 +331,4 @@ class Engine:
             if self.opt.timestamps:
                 out["timestamp"].extend([[a + off, b + off] for a, b in r["timestamp"]])
         out["segments"] = p.segments
-        if p.notes:
-            out["note"] = "; ".join(p.notes)
         return out

@@ -101,6 +101,18 @@ class FrontendConfig:
     def window_shift(self) -> int:
         return _window_samples(self.fs, self.frame_shift)
 
+    def window_for(self, num_samples: int) -> int:
+        """The window WavFrontend uses for an utterance: FunASR's min(frame_length, len/fs·1000), so a clip
+        shorter than one window still gives one frame."""
+        if num_samples / self.fs * 1000 < self.frame_length:
+            return _window_samples(self.fs, num_samples / self.fs * 1000)
+        return self.window_size
+
+    def feature_frames(self, num_samples: int) -> int:
+        """Feature (LFR) frames WavFrontend produces for an utterance of num_samples, without computing them."""
+        fb = num_frames(num_samples, self.window_for(num_samples), self.window_shift, self.snip_edges)
+        return -(-fb // self.lfr_n)
+
     @property
     def output_size(self) -> int:
         return self.n_mels * self.lfr_m
@@ -294,7 +306,9 @@ def _consts(kind: str, W: int, fs: int, P: int, n_mels: int, device: torch.devic
             wts.t().reshape(-1, 1).contiguous().to(device))
 
 
-def _num_frames(L: int, W: int, S: int, snip_edges: bool) -> int:
+def num_frames(L: int, W: int, S: int, snip_edges: bool = True) -> int:
+    """Kaldi frames of L samples with a window of W samples and a shift of S (the one copy of this rule:
+    the frontend, the engine's planning and the VAD's streaming all count with it)."""
     if L < 2 or W < 2:
         return 0
     if snip_edges:
@@ -323,7 +337,7 @@ def _fbank_group(wave, lens, W, S, cfg, dither, generator, out, rows):
     dev = wave.device
     P = _next_pow2(W)
     window, mel_idx, mel_w = _consts(cfg.window, W, cfg.fs, P, cfg.n_mels, dev)
-    T = max(_num_frames(L, W, S, cfg.snip_edges) for L in lens)
+    T = max(num_frames(L, W, S, cfg.snip_edges) for L in lens)
     if T == 0:
         return
     scale = 32768.0 if cfg.upsacle_samples else 1.0
@@ -423,13 +437,8 @@ def kaldi_fbank(
     B, N = waveforms.shape
     dev = waveforms.device
     W, S = cfg.window_size, cfg.window_shift
-    win = []
-    for L in lens:
-        Wb = W
-        if shorten_short_window and L / cfg.fs * 1000 < cfg.frame_length:
-            Wb = _window_samples(cfg.fs, L / cfg.fs * 1000)  # FunASR: min(frame_length, len/fs*1000)
-        win.append(Wb)
-    counts = [_num_frames(L, Wb, S, cfg.snip_edges) for L, Wb in zip(lens, win)]
+    win = [cfg.window_for(L) if shorten_short_window else W for L in lens]
+    counts = [num_frames(L, Wb, S, cfg.snip_edges) for L, Wb in zip(lens, win)]
     T = max(counts, default=0)
     out = torch.empty(B, T, cfg.n_mels, dtype=torch.float32, device=dev)
     if T:

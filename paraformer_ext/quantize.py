@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ._ext import kernels_available_for
+from ._ext import use_kernels
 from .ops.int8 import (
     LAYER_NORM_EPS,
     int8_gemm,
@@ -96,7 +96,7 @@ class Int8Linear(nn.Module):
         return not self.split_activations
 
     def _kernels(self, x: torch.Tensor) -> bool:
-        return self.kernels and kernels_available_for(x.device)
+        return use_kernels(self.kernels, x.device)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, relu: bool = False,
                 norm: nn.Module | None = None) -> torch.Tensor:
@@ -149,8 +149,10 @@ def _targets(model: nn.Module, output_layer: bool) -> list[tuple[str, nn.Module,
     return found
 
 
-def quantize_model(model: nn.Module, output_layer: bool = False, split=None) -> nn.Module:
-    """Replace the Linear layers of a Paraformer's encoder and decoder by Int8Linear, in place.
+def quantize(model: nn.Module, output_layer: bool = False, split=None) -> nn.Module:
+    """Replace the Linear layers of a Paraformer's encoder and decoder by Int8Linear, in place, and return it.
+    (A loaded recognizer: `asr.quantize(...)`.) output_layer: also the decoder's d → vocab projection (off by
+    default, as FunASR does).
 
     split(name) -> bool, optional: layers that carry their activations in two int8 parts (about 15 bits, one
     more integer GEMM each; ops/int8.py int8_linear_split). Off by default: per layer it brings the error down
@@ -181,18 +183,6 @@ def prepare_int8_shells(model: nn.Module, quantization: dict) -> nn.Module:
     return model
 
 
-def quantize(asr, output_layer: bool = False, split=None):
-    """Quantize a loaded Recognizer (or a bare Paraformer) to int8 in place and return it.
-
-    output_layer: also quantize the decoder's d → vocab projection (off by default, as FunASR does);
-    split(name) -> bool: layers with two-part activations (see quantize_model)."""
-    model = getattr(asr, "model", asr)
-    quantize_model(model, output_layer, split)
-    if hasattr(asr, "model"):
-        asr.quantization = "int8"
-    return asr
-
-
 # --- saving and loading ------------------------------------------------------------------------------------
 
 
@@ -202,13 +192,11 @@ def source_stamp(weights: Path) -> dict:
     return {"name": Path(weights).name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def save_quantized(asr, path: str | os.PathLike, source: Path | None = None) -> Path:
-    """Write the int8 model's state_dict (+ what it was quantized from) to `path`."""
-    model = getattr(asr, "model", asr)
+def save_quantized(model: nn.Module, path: str | os.PathLike, source: Path | None = None) -> Path:
+    """Write the int8 model's state_dict (+ the stamp of the model.pt it was quantized from, `source`) to
+    `path`. (A loaded recognizer: `asr.save_quantized(path)`.)"""
     if not getattr(model, "quantization", None):
-        raise ValueError("save_quantized: the model is not quantized; call paraformer_ext.quantize(asr) first")
-    if source is None and getattr(asr, "model_dir", None) is not None:
-        source = getattr(asr, "weights_path", None)
+        raise ValueError("save_quantized: the model is not quantized; call quantize(model) (or asr.quantize()) first")
     payload = {
         "format": FORMAT,
         "quantization": model.quantization,
@@ -256,3 +244,29 @@ def matching_saved(path: Path, weights: Path, output_layer: bool) -> dict | None
         warnings.warn(f"{path} was quantized from another model.pt or with other settings; requantizing", stacklevel=3)
         return None
     return payload
+
+
+def load_int8(cfg, weights: Path, output_layer: bool = False, quantized_path=None) -> nn.Module:
+    """The int8 Paraformer of config `cfg` and float checkpoint `weights`: from a saved int8 file made from this
+    model.pt (the float model is never built: its skeleton is laid out on the meta device), else quantized now
+    from model.pt and saved (beside it, or at quantized_path) for the next load."""
+    from .checkpoint import load_state_dict_strict, read_state_dict
+    from .model.paraformer import Paraformer
+
+    path = Path(quantized_path) if quantized_path is not None else default_int8_path(weights)
+    payload = matching_saved(path, weights, output_layer)
+    if payload is not None:
+        with torch.device("meta"):
+            model = prepare_int8_shells(Paraformer(cfg), payload["quantization"])
+        model = model.to_empty(device="cpu")
+        load_state_dict_strict(model, payload["state_dict"], str(path))
+        return model
+    model = Paraformer(cfg)
+    load_state_dict_strict(model, read_state_dict(weights), str(weights))
+    quantize(model, output_layer)  # in float32, before any cast: exact scales, dtype-independent file
+    try:
+        save_quantized(model, path, source=weights)
+    except OSError as e:
+        warnings.warn(f"could not save the int8 model to {path} ({e}); it will be requantized at the next load",
+                      stacklevel=3)
+    return model

@@ -9,10 +9,12 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from ._ext import kernels_available_for
+from ._ext import use_kernels
 from .checkpoint import ModelLoadError, build_config, load_state_dict_strict, read_state_dict, resolve_model_dir
 from .frontend import FrontendConfig, WavFrontend, load_cmvn
 from .engine import Engine, EngineOptions
+from .pipeline import Pipeline
+from .results import Result
 from .model.paraformer import Paraformer
 from .text import TokenList
 
@@ -27,31 +29,44 @@ def _dtype(dtype) -> torch.dtype:
     return names[dtype]
 
 
-class Recognizer:
-    """model: Paraformer; frontend: WavFrontend; tokens: TokenList. Use `load()` to build one."""
+DEFAULT_ARRAY_RATE = 16000  # what an array passed without sample_rate is taken to be, as FunASR's generate(fs=16000)
 
-    def __init__(self, model: Paraformer, frontend: WavFrontend, tokens: TokenList, device: torch.device, kernels: bool,
-                 model_dir: Path | None = None, weights_path: Path | None = None):
-        self.model = model
-        self.frontend = frontend
-        self.tokens = tokens
-        self.device = device
-        self.kernels = kernels
+
+class Recognizer:
+    """A loaded FunASR model directory: its Pipeline (frontend → model → tokens) plus files, batching and long
+    audio (the engine). Use `load()` to build one."""
+
+    def __init__(self, pipeline: Pipeline, model_dir: Path | None = None, weights_path: Path | None = None):
+        self.pipeline = pipeline
         self.model_dir = model_dir
         self.weights_path = weights_path
-        self.quantization = "int8" if getattr(model, "quantization", None) else None
+
+    model = property(lambda self: self.pipeline.model, doc="the Paraformer nn.Module")
+    frontend = property(lambda self: self.pipeline.frontend, doc="the WavFrontend")
+    tokens = property(lambda self: self.pipeline.tokens, doc="the TokenList")
+    device = property(lambda self: self.pipeline.device)
+    kernels = property(lambda self: self.pipeline.kernels, doc="whether the compiled ops run")
+    sample_rate = property(lambda self: self.pipeline.sample_rate, doc="the model's rate (frontend_conf.fs)")
 
     @property
-    def sample_rate(self) -> int:
-        return self.frontend.cfg.fs
+    def quantization(self) -> str | None:
+        return "int8" if getattr(self.model, "quantization", None) else None
 
-    @property
-    def min_samples(self) -> int:
-        """One analysis window (25 ms = 400 samples at 16 kHz): shorter audio is refused with a message."""
-        return int(self.frontend.cfg.frame_length * self.frontend.cfg.fs / 1000)
+    def quantize(self, output_layer: bool = False, split=None) -> "Recognizer":
+        """int8 weights for the encoder and decoder, in place (quantize.quantize); returns self."""
+        from .quantize import quantize
+
+        quantize(self.model, output_layer, split)
+        return self
+
+    def save_quantized(self, path) -> Path:
+        """Write the int8 model to `path`, stamped with the model.pt it came from."""
+        from .quantize import save_quantized
+
+        return save_quantized(self.model, path, source=self.weights_path)
 
     @classmethod
-    def load(cls, model_dir, device="cpu", dtype=torch.float32, kernels: bool = True, quantize: str | None = None,
+    def load(cls, model_dir, device="cpu", dtype=torch.float32, kernels: bool | None = None, quantize: str | None = None,
              quantize_output_layer: bool = False, quantized_path=None) -> "Recognizer":
         files = resolve_model_dir(model_dir)
         tokens = TokenList(files.tokens) if isinstance(files.tokens, list) else TokenList.load(files.tokens)
@@ -71,19 +86,18 @@ class Recognizer:
         if quantize is None:
             model = Paraformer(cfg)
             load_state_dict_strict(model, read_state_dict(files.weights), str(files.weights))
+        elif quantize == "int8":
+            from .quantize import load_int8
+
+            model = load_int8(cfg, files.weights, quantize_output_layer, quantized_path)
         else:
-            model = _load_quantized(cfg, files.weights, quantize, quantize_output_layer, quantized_path)
+            raise ValueError(f"quantize={quantize!r} not supported; use quantize='int8' or None")
         device = torch.device(device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("device='cuda' requested but torch sees no CUDA device; use device='cpu'")
         model = model.eval().requires_grad_(False).to(device).cast(_dtype(dtype))
-        if kernels and not kernels_available_for(device):
-            raise RuntimeError(
-                f"kernels=True but the compiled paraformer_ext ops are not built for {device.type} "
-                f"(build_info: {__import__('paraformer_ext').build_info()}); rebuild, or pass kernels=False"
-            )
-        model.set_kernels(kernels)
-        return cls(model, frontend.to(device), tokens, device, kernels, files.root, files.weights)
+        model.set_kernels(use_kernels(kernels, device))
+        return cls(Pipeline(frontend.to(device), model, tokens, device), files.root, files.weights)
 
     # --- transcription ---------------------------------------------------------------------------------
 
@@ -94,67 +108,44 @@ class Recognizer:
             if batch_size < 1:
                 raise ValueError(f"batch_size must be >= 1, got {batch_size}")
             options["max_batch_size"] = batch_size
-        return Engine(self, EngineOptions(**options))
+        return Engine(self.pipeline, EngineOptions(**options))
 
-    def transcribe_iter(self, inputs, *, keys: Sequence[str] | None = None, **options) -> Iterator[tuple[int, dict]]:
+    def transcribe_iter(self, inputs, *, keys: Sequence[str] | None = None, sample_rate: int | None = DEFAULT_ARRAY_RATE,
+                        **options) -> Iterator[tuple[int, Result]]:
         """Like `transcribe`, but yields (input index, result) as soon as each input is done."""
         if isinstance(inputs, (str, os.PathLike, np.ndarray, torch.Tensor)):
             inputs = [inputs]
-        yield from self.engine(**options).run(list(inputs), keys)
+        yield from self.engine(**options).run(list(inputs), keys, sample_rate=sample_rate)
 
     def transcribe(self, inputs, *, batch_size: int | None = None, timestamps: bool = False, keys: Sequence[str] | None = None,
-                   **options) -> list[dict]:
-        """Transcribe files or arrays (16 kHz float in [-1, 1], or integer PCM). inputs: one path/array or a list.
+                   sample_rate: int | None = DEFAULT_ARRAY_RATE, **options) -> list[Result]:
+        """Transcribe files or arrays (float in [-1, 1], or integer PCM). inputs: one path/array or a list.
 
-        Returns one dict per input, in input order: {"key", "text", "token_ids"} (+ "timestamp" when
-        timestamps=True, and "segments"/"note" for long inputs that were cut), or {"key", "error"} for an input
-        that could not be read (the others are still transcribed). batch_size caps the utterances per batch;
+        sample_rate: the rate of array inputs, 16000 unless said (FunASR's `fs` default; None: the model's
+        own rate); files carry their rate in their header. Everything is resampled to the model's rate.
+        Returns one results.Result per input, in input order: {"key", "text", "token_ids"} (+ "timestamp" when
+        timestamps=True, and "segments" for long inputs that were cut), or {"key", "error"} for an input that
+        could not be read (the others are still transcribed). batch_size caps the utterances per batch;
         other options (max_batch_frames, long_audio_s, segmenter, window_s, progress, ...) go to the engine.
         """
         if isinstance(inputs, (str, os.PathLike, np.ndarray, torch.Tensor)):
             inputs = [inputs]
         inputs = list(inputs)
-        results: list[dict | None] = [None] * len(inputs)
-        for i, r in self.transcribe_iter(inputs, keys=keys, timestamps=timestamps, batch_size=batch_size, **options):
+        results: list[Result | None] = [None] * len(inputs)
+        for i, r in self.transcribe_iter(inputs, keys=keys, timestamps=timestamps, batch_size=batch_size,
+                                         sample_rate=sample_rate, **options):
             results[i] = r
         return results  # type: ignore[return-value]
 
 
-def _load_quantized(cfg, weights: Path, quantize: str, output_layer: bool, quantized_path) -> Paraformer:
-    """An int8 model: from a saved int8 file made from this model.pt (the float model is never built: its
-    skeleton is laid out on the meta device), else quantized now from model.pt and saved."""
-    from .quantize import default_int8_path, matching_saved, prepare_int8_shells, quantize_model, save_quantized
-
-    if quantize != "int8":
-        raise ValueError(f"quantize={quantize!r} not supported; use quantize='int8' or None")
-    path = Path(quantized_path) if quantized_path is not None else default_int8_path(weights)
-    payload = matching_saved(path, weights, output_layer)
-    if payload is not None:
-        with torch.device("meta"):
-            model = prepare_int8_shells(Paraformer(cfg), payload["quantization"])
-        model = model.to_empty(device="cpu")
-        load_state_dict_strict(model, payload["state_dict"], str(path))
-        return model
-    model = Paraformer(cfg)
-    load_state_dict_strict(model, read_state_dict(weights), str(weights))
-    quantize_model(model, output_layer)  # in float32, before any cast: exact scales, dtype-independent file
-    try:
-        save_quantized(model, path, source=weights)
-    except OSError as e:
-        import warnings
-
-        warnings.warn(f"could not save the int8 model to {path} ({e}); it will be requantized at the next load",
-                      stacklevel=3)
-    return model
-
-
-def load(model_dir, device="cpu", dtype=torch.float32, kernels: bool = True, quantize: str | None = None,
+def load(model_dir, device="cpu", dtype=torch.float32, kernels: bool | None = None, quantize: str | None = None,
          quantize_output_layer: bool = False, quantized_path=None) -> Recognizer:
     """Load a FunASR Paraformer model directory (model.pt, config.yaml, am.mvn, tokens.json|tokens.txt).
 
     device: "cpu" or "cuda"; dtype: float32 / float16 / bfloat16 for encoder and decoder (the predictor
-    and CIF stay float32); kernels: use the compiled ops (True) or the plain PyTorch reference (False).
-    Both give the same tokens, so a speed-up can always be measured against the reference.
+    and CIF stay float32); kernels: the compiled ops (True: or an error saying why they cannot run), the plain
+    PyTorch reference everywhere (False), or the compiled ops where built, else the reference with a warning
+    (None, the default). Both give the same tokens, so a speed-up can always be measured against the reference.
     quantize="int8": int8 weights for the encoder and decoder Linear layers (quantize.py); the int8 model is
     saved beside model.pt (or at quantized_path) on first use and reused while model.pt is unchanged.
     quantize_output_layer: quantize the decoder's output layer too (off by default, as in FunASR).
