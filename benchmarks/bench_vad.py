@@ -10,8 +10,7 @@ RTF = wall time / audio duration (lower is better), for the whole path: reading 
 fbank → LFR → CMVN, the FSMN network, the post-processing. Model loading is not timed. The stage split is
 measured separately on the same audio. FunASR publishes no VAD-only figures (spec fsmn_vad.md has none), so
 there is nothing to compare against but our own stages. Needs the golden data (../shared or
-$PARAFORMER_EXT_SHARED) and the fsmn-vad weights (fetched once into $PARAFORMER_EXT_CACHE or
-~/.cache/paraformer_ext).
+$PARAFORMER_EXT_SHARED); the fsmn-vad weights ship with the package.
 """
 from __future__ import annotations
 
