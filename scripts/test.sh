@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# setup.sh installed the test references: here a missing one fails instead of skipping
+export PARAFORMER_EXT_REQUIRE_REFERENCES=1
 exec .venv/bin/python -m pytest -q "$@"

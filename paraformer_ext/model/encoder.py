@@ -67,8 +67,8 @@ class SANMEncoder(nn.Module):
     def forward(self, features: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         x = self.embed(features)
         T = x.size(1)
-        if lengths is not None and bool((lengths >= T).all()):
-            lengths = None  # no padding: skip all masking work, identical result
+        if lengths is not None and not torch.compiler.is_compiling() and bool((lengths >= T).all()):
+            lengths = None  # no padding: skip all masking work, identical result (a graph break when compiled)
         key_mask = key_padding_mask(lengths, T, x.device)
         for layer in self.encoders0:
             x = layer(x, lengths, key_mask)

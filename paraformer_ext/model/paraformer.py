@@ -87,7 +87,7 @@ class Paraformer(nn.Module):
         mark = timer.mark if timer is not None else (lambda stage: None)
         lengths = lengths.to(features.device)
         enc = self.encode(features, lengths)
-        if bool((lengths < enc.size(1)).any()):
+        if torch.compiler.is_compiling() or bool((lengths < enc.size(1)).any()):  # (no graph break on a value)
             # padded frames hold garbage; zero them so nothing downstream can read it (NaN-proof)
             valid = torch.arange(enc.size(1), device=enc.device)[None, :] < lengths[:, None]
             enc = enc.masked_fill(~valid[:, :, None], 0.0)

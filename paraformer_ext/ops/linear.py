@@ -69,8 +69,10 @@ def _packed_weight(lin: nn.Linear) -> torch.Tensor:
 
 
 def uses_onednn(lin: nn.Module, x: torch.Tensor) -> bool:
-    return (type(lin) is nn.Linear and x.device.type == "cpu" and not torch.is_grad_enabled()
-            and x.dtype == lin.weight.dtype and _onednn_ok(x.dtype))
+    # not under torch.compile: Dynamo cannot trace torch.backends.mkldnn.is_available(), and the oneDNN ops
+    # (_reorder_linear_weight, _linear_pointwise.binary) have no fake kernels; Inductor picks its own GEMMs
+    return (not torch.compiler.is_compiling() and type(lin) is nn.Linear and x.device.type == "cpu"
+            and not torch.is_grad_enabled() and x.dtype == lin.weight.dtype and _onednn_ok(x.dtype))
 
 
 def linear_ref(lin: nn.Module, x: torch.Tensor, residual: torch.Tensor | None = None, relu: bool = False,
