@@ -358,9 +358,11 @@ def _fbank_group(wave, lens, W, S, cfg, dither, generator, out, rows):
         else:
             s = (torch.arange(t0, t1, device=dev) * S - pad)[:, None] + torch.arange(W, device=dev)
             s = s[None].expand(G, -1, -1)
-            s = torch.where(s < 0, -s - 1, s)
-            s = torch.where(s >= Ls, 2 * Ls - 1 - s, s)
-            s = torch.minimum(s.clamp_min(0), (Ls - 1).clamp_min(0))
+            # Kaldi reflects again and again while the index is outside the clip: that is a fold into one period
+            # of 2L, mirrored in its upper half (a window longer than the clip reaches past one mirror image)
+            period = (2 * Ls).clamp_min(1)
+            s = torch.remainder(s, period)
+            s = torch.where(s >= Ls, period - 1 - s, s).clamp_min(0)
             x = wave.gather(1, s.reshape(G, -1)).reshape(M, W) * scale
         if dither > 0:
             x += torch.randn(x.shape, generator=generator, device=dev, dtype=x.dtype) * dither

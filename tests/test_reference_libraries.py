@@ -313,10 +313,9 @@ def test_fbank_of_digital_silence_and_a_pure_tone_match_kaldi_native_fbank():
     assert ((got - want).abs() <= _tolerance(got)).all()
 
 
-@pytest.mark.xfail(strict=True, reason="frontend.py reflects the edges once and then clamps (kaldi_fbank, "
-                   "snip_edges=False); Kaldi reflects repeatedly, which differs when the window reaches past one "
-                   "mirror image of the clip (a clip shorter than about half a window, WavFrontendOnline only)")
-def test_clip_shorter_than_the_reflected_window_differs_from_kaldi():
+def test_clip_shorter_than_the_reflected_window_matches_kaldi():
+    """snip_edges=False on a clip shorter than about half a window: Kaldi reflects the index repeatedly (it once
+    reflected once and then clamped here, up to 3 apart in log-mel)."""
     knf = _knf()
     cfg = FrontendConfig(fs=12345, n_mels=31, frame_length=40.0, frame_shift=5.0, window="rectangular",
                          snip_edges=False)
