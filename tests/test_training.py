@@ -241,3 +241,24 @@ def test_bad_inputs_and_unbuilt_parts():
         compute_loss(m, sp, sl, tx, tl, sampling_ratio=1.0, glm_positions=[torch.arange(5)])
     with pytest.raises(ValueError, match=r"glm_positions\[0\] must lie in \[0, 26\)"):
         compute_loss(m, sp, sl, tx, tl, sampling_ratio=1.0, glm_positions=[torch.arange(27).flip(0)])
+
+
+@needs_shared
+def test_specaug_only_in_train_mode(monkeypatch):
+    m = paraformer_ext.load(golden_checkpoint("small"), kernels=False).model.requires_grad_(True)
+    assert m.cfg.specaug == "SpecAugLFR" and m.cfg.specaug_conf["freq_mask_width_range"] == [0, 30]
+    calls = []
+
+    def recording(speech, name, conf, generator):
+        calls.append((name, conf, generator))
+        return speech
+
+    monkeypatch.setattr(loss_mod, "spec_aug", recording)
+    js, z = golden("train_asr_example")
+    gen = torch.Generator().manual_seed(0)
+    run(m, js, z, generator=gen)
+    assert calls == []
+    m.train()
+    with pytest.warns(UserWarning, match="dropout on attention probabilities"):
+        run(m, js, z, generator=gen)
+    assert calls == [("SpecAugLFR", m.cfg.specaug_conf, gen)]

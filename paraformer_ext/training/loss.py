@@ -11,6 +11,7 @@ from ..ops.out_proj import out_proj_argmax
 from ..quantize import Int8Linear
 from .criteria import label_smoothing_loss, mae_loss
 from .glm import glm_embeds, glm_mask, glm_target_num
+from .specaug import spec_aug
 
 
 def _check_inputs(model, speech, speech_lengths, text, text_lengths):
@@ -84,7 +85,9 @@ def compute_loss(model, speech: torch.Tensor, speech_lengths: torch.Tensor, text
 
     glm_positions: per utterance, positions in priority order; the first ⌊Hamming · ratio⌋ take the target
     embedding (FunASR's `randperm(seq_len)` reproduces its draw). Without it they are drawn as FunASR draws
-    them, with torch.randperm from `generator` (None: the global RNG, as FunASR).
+    them, with torch.randperm from `generator` (None: the global RNG, as FunASR). In train mode
+    (model.train()) config.yaml's SpecAugLFR masks the features first (specaug.py), drawing from the same
+    generator; eval mode never augments.
 
     Returns {"loss", "loss_att", "loss_pre"} (0-dim float32 tensors, with grad), "acc" (float: first-pass token
     accuracy over target positions, eos included), "weight" (float: Σ target lengths incl. eos when
@@ -96,8 +99,8 @@ def compute_loss(model, speech: torch.Tensor, speech_lengths: torch.Tensor, text
       and gradients in any padded batch (FunASR's predictor convolution reads the first padded frame);
     * mwer: MWER is issue 11 §2, not built yet; anything but None raises NotImplementedError;
     * a CTC branch (model_conf.ctc_weight > 0) is not built: NotImplementedError;
-    * train mode (model.train()) applies our layers' dropout but **not SpecAugLFR** (spec §5.6) and not FunASR's
-      dropout on attention probabilities and FSMN memory: only eval mode (as the goldens) is FunASR-exact.
+    * train mode applies SpecAugLFR (without time warping) and our layers' dropout, but not yet FunASR's dropout
+      on attention probabilities and on the FSMN memory: only eval mode (as the goldens) is FunASR-exact.
     """
     if mwer is not None:
         raise NotImplementedError("MWER: issue 11 §2, not built yet")
@@ -111,8 +114,8 @@ def compute_loss(model, speech: torch.Tensor, speech_lengths: torch.Tensor, text
         raise ValueError("compute_loss: this model has int8 layers, which have no backward; train the float model "
                          "(paraformer_ext.load without quantize=) and quantize afterwards")
     if model.training:
-        warnings.warn("compute_loss in train mode: SpecAugLFR and the attention/FSMN dropout are not applied yet "
-                      "(only eval mode is FunASR-exact)", stacklevel=2)
+        warnings.warn("compute_loss in train mode: FunASR's dropout on attention probabilities and FSMN memory is "
+                      "not applied yet (eval mode is FunASR-exact)", stacklevel=2)
     ratio = mc.sampling_ratio if sampling_ratio is None else float(sampling_ratio)
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"sampling_ratio must lie in [0, 1], got {ratio}")
@@ -124,6 +127,8 @@ def compute_loss(model, speech: torch.Tensor, speech_lengths: torch.Tensor, text
     if int(ys_lens.sum()) == 0:
         raise ValueError("every target is empty (text_lengths all 0 and predictor_bias 0): nothing to train on")
 
+    if model.training and model.cfg.specaug is not None:
+        speech = spec_aug(speech, model.cfg.specaug, model.cfg.specaug_conf, generator)
     enc = zero_padded_frames(model.encode(speech, speech_lengths), speech_lengths)
     pred = model.predictor(enc, speech_lengths, target_lengths=ys_lens)
     token_length = pred.alphas.sum(-1)  # unscaled Σα: the MAE's prediction (tail is off with targets)
