@@ -259,6 +259,42 @@ def test_specaug_only_in_train_mode(monkeypatch):
     run(m, js, z, generator=gen)
     assert calls == []
     m.train()
-    with pytest.warns(UserWarning, match="dropout on attention probabilities"):
-        run(m, js, z, generator=gen)
+    run(m, js, z, generator=gen)
     assert calls == [("SpecAugLFR", m.cfg.specaug_conf, gen)]
+
+
+@needs_shared
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_train_mode_without_randomness_is_eval_mode(monkeypatch, kernels):
+    # train mode differs from eval mode only by SpecAug and dropout: with both off it gives FunASR's numbers
+    m = paraformer_ext.load(golden_checkpoint("small"), kernels=kernels).model.requires_grad_(True).train()
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.Dropout):
+            mod.p = 0.0
+    monkeypatch.setattr(m.cfg, "specaug", None)
+    js, z = golden("train_long_glm_partial")
+    check_against(*run(m, js, z), js, z)
+
+
+@needs_shared
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_train_mode_drops_attention_probabilities_and_fsmn_memory(kernels):
+    # p = 1 drops everything a dropout touches: then an encoder self-attention is linear_out's bias plus the
+    # residual (probabilities and FSMN memory both gone), a cross-attention is its bias, a decoder FSMN is 0
+    m = paraformer_ext.load(golden_checkpoint("small"), kernels=kernels).model.train()
+    x = torch.randn(2, 7, 256)
+    lengths = torch.tensor([7, 4])
+    key_mask = torch.arange(7)[None, :] < lengths[:, None]
+    sa = m.encoder.encoders[0].self_attn
+    ca = m.decoder.decoders[0].src_attn
+    fs = m.decoder.decoders[0].self_attn
+    with torch.no_grad():
+        for mod in (sa, ca, fs):
+            mod.dropout.p = 1.0
+        assert torch.allclose(sa(x, lengths, key_mask, x), x + sa.linear_out.bias)
+        assert torch.allclose(sa(x, lengths, key_mask), sa.linear_out.bias.expand(2, 7, 256))
+        assert torch.allclose(ca(x[:, :5], x, key_mask), ca.linear_out.bias.expand(2, 5, 256))
+        assert torch.equal(fs(x, lengths), torch.zeros_like(x))
+        for mod in (sa, ca, fs):
+            mod.dropout.p = 0.0
+        assert not torch.allclose(sa(x, lengths, key_mask), sa.linear_out.bias.expand(2, 7, 256))

@@ -1,7 +1,6 @@
 """The FunASR-exact training forward (spec training.md §1, paraformer.md §1.2): `compute_loss`."""
 from __future__ import annotations
 
-import warnings
 from typing import Sequence
 
 import torch
@@ -99,8 +98,9 @@ def compute_loss(model, speech: torch.Tensor, speech_lengths: torch.Tensor, text
       and gradients in any padded batch (FunASR's predictor convolution reads the first padded frame);
     * mwer: MWER is issue 11 §2, not built yet; anything but None raises NotImplementedError;
     * a CTC branch (model_conf.ctc_weight > 0) is not built: NotImplementedError;
-    * train mode applies SpecAugLFR (without time warping) and our layers' dropout, but not yet FunASR's dropout
-      on attention probabilities and on the FSMN memory: only eval mode (as the goldens) is FunASR-exact.
+    * train mode applies SpecAugLFR (time warping is not built: configuring it raises) and every dropout where
+      FunASR has one (layer outputs, FFN, attention probabilities, FSMN memory); the random draws are ours, so
+      only eval mode (as the goldens) can be compared with FunASR number for number.
     """
     if mwer is not None:
         raise NotImplementedError("MWER: issue 11 §2, not built yet")
@@ -113,9 +113,6 @@ def compute_loss(model, speech: torch.Tensor, speech_lengths: torch.Tensor, text
     if torch.is_grad_enabled() and any(isinstance(m, Int8Linear) for m in model.modules()):
         raise ValueError("compute_loss: this model has int8 layers, which have no backward; train the float model "
                          "(paraformer_ext.load without quantize=) and quantize afterwards")
-    if model.training:
-        warnings.warn("compute_loss in train mode: FunASR's dropout on attention probabilities and FSMN memory is "
-                      "not applied yet (eval mode is FunASR-exact)", stacklevel=2)
     ratio = mc.sampling_ratio if sampling_ratio is None else float(sampling_ratio)
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"sampling_ratio must lie in [0, 1], got {ratio}")
