@@ -5,6 +5,7 @@ optionally configuration.json. Loading is strict: FunASR silently skips missing 
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,7 +123,9 @@ def _list(keys: list[str], limit: int = 12) -> str:
 
 
 def load_state_dict_strict(module: torch.nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
-    """Copy `sd` into `module`; any missing key, unexpected key or shape mismatch is an error naming them."""
+    """Copy `sd` into `module`; any missing key, unexpected key or shape mismatch is an error naming them
+    (except a missing `decoder.embed`, see `fill_training_embed`)."""
+    sd = fill_training_embed(module, sd, source)
     own = module.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
@@ -140,6 +143,34 @@ def load_state_dict_strict(module: torch.nn.Module, sd: dict[str, torch.Tensor],
     with torch.no_grad():
         for k, t in own.items():
             t.copy_(sd[k])
+
+
+TRAINING_EMBED = "decoder.embed.0.weight"
+
+
+def fill_training_embed(module: torch.nn.Module, sd: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """`sd`, completed with `decoder.embed.0.weight` when an inference-only export left it out.
+
+    Only training's GLM sampler reads decoder.embed (spec training.md §7), so such exports are valid models.
+    The embedding is tie-initialised as a copy of decoder.output_layer.weight when the shapes match (both are
+    (vocab, d) rows per token), else the module's own random initialisation is kept; a warning says which.
+    """
+    own = module.state_dict()
+    if TRAINING_EMBED not in own or TRAINING_EMBED in sd or any(k.startswith("decoder.embed.") for k in sd):
+        return sd  # nothing missing, or something odd that the strict check will name
+    shape = own[TRAINING_EMBED].shape
+    out = sd.get("decoder.output_layer.weight")
+    sd = dict(sd)
+    if out is not None and out.shape == shape:
+        sd[TRAINING_EMBED] = out.detach().clone()
+        how = "initialised as a copy of decoder.output_layer.weight (tied initialisation)"
+    else:
+        sd[TRAINING_EMBED] = own[TRAINING_EMBED].detach().clone()
+        got = "missing" if out is None else f"{tuple(out.shape)}"
+        how = f"initialised at random (decoder.output_layer.weight is {got}, not {tuple(shape)})"
+    warnings.warn(f"{source} has no {TRAINING_EMBED} (an inference-only export): decoder.embed, which only training's "
+                  f"GLM sampler uses, is {how}; inference is unaffected", stacklevel=3)
+    return sd
 
 
 def build_config(files: ModelFiles, vocab_size: int, input_size: int) -> ParaformerConfig:

@@ -146,3 +146,50 @@ def test_unknown_config_key(ckpt):
 def test_not_a_directory(tmp_path):
     with pytest.raises(ModelLoadError, match="does not exist"):
         load(tmp_path / "nope", kernels=False)
+
+
+# --- inference-only exports without decoder.embed (spec training.md §7) ------------------------------------------
+
+
+def test_export_without_training_embed_loads_with_tied_embed(ckpt):
+    full = load(ckpt).model.state_dict()
+    _edit_weights(ckpt, lambda sd: {k: v for k, v in sd.items() if not k.startswith("decoder.embed.")})
+    with pytest.warns(UserWarning, match=r"no decoder\.embed\.0\.weight.*copy of decoder\.output_layer\.weight"):
+        m = load(ckpt).model
+    sd = m.state_dict()
+    assert torch.equal(sd["decoder.embed.0.weight"], sd["decoder.output_layer.weight"])
+    assert sd["decoder.embed.0.weight"].data_ptr() != sd["decoder.output_layer.weight"].data_ptr()  # a copy, not tied
+    assert not torch.equal(full["decoder.embed.0.weight"], full["decoder.output_layer.weight"])  # the test means it
+    assert all(torch.equal(sd[k], full[k]) for k in full if not k.startswith("decoder.embed."))
+
+
+def test_full_checkpoint_loads_silently(ckpt, recwarn):
+    load(ckpt)
+    assert not [w for w in recwarn if "decoder.embed" in str(w.message)]
+
+
+def test_missing_embed_with_mismatched_output_layer_keeps_random_init():
+    from paraformer_ext.checkpoint import fill_training_embed, load_state_dict_strict
+
+    class Decoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Sequential(torch.nn.Embedding(10, 4))
+            self.output_layer = torch.nn.Linear(4, 12)  # another vocabulary than the embedding's
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.decoder = Decoder()
+
+    m = Model()
+    before = m.decoder.embed[0].weight.detach().clone()
+    sd = {k: torch.randn(v.shape) for k, v in m.state_dict().items() if not k.startswith("decoder.embed.")}
+    with pytest.warns(UserWarning, match=r"at random \(decoder\.output_layer\.weight is \(12, 4\), not \(10, 4\)\)"):
+        load_state_dict_strict(m, sd, "toy.pt")
+    assert torch.equal(m.decoder.embed[0].weight, before)
+    assert torch.equal(m.decoder.output_layer.weight, sd["decoder.output_layer.weight"])
+    # an odd decoder.embed key is not papered over: the strict check names it
+    with pytest.raises(ModelLoadError, match="decoder.embed.0.weight"):
+        load_state_dict_strict(m, {**sd, "decoder.embed.1.weight": torch.zeros(10, 4)}, "toy.pt")
+    assert fill_training_embed(m, {**sd, "decoder.embed.0.weight": before}, "toy.pt")["decoder.embed.0.weight"] is before

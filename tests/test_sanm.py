@@ -161,3 +161,57 @@ def test_encoder_decoder_stacks_and_padded_batches(device, dtype):
     for b in range(B):
         assert rel(outs[True][0][b, : lens[b]], outs[False][0][b, : lens[b]]) < RTOL[dtype]
         assert rel(outs[True][1][b, : tlens[b]], outs[False][1][b, : tlens[b]]) < RTOL[dtype]
+
+
+# --- gradients: training runs these fused paths under autograd (eval mode, grad on, as FunASR's goldens) -----------
+
+
+def _gradcheck_module(module: nn.Module, *inputs, **kwargs):
+    """gradcheck (float64) of module(*inputs, **kwargs) in eval mode with kernels on (the fused path), w.r.t.
+    every floating input and every parameter."""
+    module.kernels = True
+    names = [n for n, _ in module.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in module.parameters()]
+    float_at = [i for i, x in enumerate(inputs) if isinstance(x, torch.Tensor) and x.is_floating_point()]
+
+    def f(*args):
+        xs = list(inputs)
+        for i, a in zip(float_at, args):
+            xs[i] = a
+        return torch.func.functional_call(module, dict(zip(names, args[len(float_at):])), tuple(xs), kwargs)
+
+    xs = [inputs[i].detach().clone().requires_grad_() for i in float_at]
+    assert torch.autograd.gradcheck(f, (*xs, *params))
+
+
+@pytest.mark.parametrize("in_feat,with_residual", [(8, True), (6, False)])
+def test_gradcheck_self_attention_fn(in_feat, with_residual):
+    B, T = 2, 5
+    attn = _init(MultiHeadedAttentionSANM(2, in_feat, 8, 3, 0), 1).double()
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(B, T, in_feat, generator=g, dtype=torch.float64)
+    lengths = torch.tensor([5, 3])
+    key_mask = key_padding_mask(lengths, T, x.device)
+    res = torch.randn(B, T, 8, generator=g, dtype=torch.float64) if with_residual else None
+    norm = nn.LayerNorm(in_feat).double()  # the pre-norm travels unapplied, as in the encoder's eval path
+    _gradcheck_module(attn, x, lengths, key_mask, res, norm=norm)
+
+
+def test_gradcheck_cross_attention_fn():
+    B, N, T = 2, 4, 5
+    attn = _init(MultiHeadedAttentionCrossAtt(2, 8, 6), 3).double()
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(B, N, 8, generator=g, dtype=torch.float64)
+    mem = torch.randn(B, T, 6, generator=g, dtype=torch.float64)
+    res = torch.randn(B, N, 8, generator=g, dtype=torch.float64)
+    _gradcheck_module(attn, x, mem, key_padding_mask(torch.tensor([5, 2]), T, x.device), res)
+
+
+def test_gradcheck_ffn_fn_and_decoder_ffn():
+    from paraformer_ext.model.layers import PositionwiseFeedForwardDecoderSANM
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 3, 8, generator=g, dtype=torch.float64)
+    res = torch.randn(2, 3, 8, generator=g, dtype=torch.float64)
+    _gradcheck_module(_init(PositionwiseFeedForward(8, 12), 6).double(), x, res)
+    _gradcheck_module(_init(PositionwiseFeedForwardDecoderSANM(8, 12), 7).double(), x)

@@ -39,9 +39,10 @@ class MultiHeadedAttentionSANM(nn.Module):
 
     def forward(self, x, lengths, key_mask, residual=None, norm=None):
         """norm: the layer's pre-norm, when x is not normalised yet (the fused path fuses it where it can)."""
+        drop = self.dropout if self.training else None  # FunASR's, on attention probabilities and FSMN memory
         if use_kernels(self, x):
-            return sanm_self_attention_fn(self, x, lengths, key_mask, residual, norm)
-        return sanm_self_attention_ref(self, x if norm is None else norm(x), lengths, key_mask, residual)
+            return sanm_self_attention_fn(self, x, lengths, key_mask, residual, norm, drop)
+        return sanm_self_attention_ref(self, x if norm is None else norm(x), lengths, key_mask, residual, drop)
 
 
 class MultiHeadedAttentionSANMDecoder(nn.Module):
@@ -55,6 +56,9 @@ class MultiHeadedAttentionSANMDecoder(nn.Module):
         self.kernels = False
 
     def forward(self, x, lengths, residual=None):
+        if self.training and self.dropout.p > 0:  # FunASR drops out the memory before the layer's residual
+            out = self.dropout(fsmn_memory(x, self.fsmn_block.weight, lengths, self.left, kernels=self.kernels))
+            return out if residual is None else residual + out
         return fsmn_memory(x, self.fsmn_block.weight, lengths, self.left, residual, kernels=self.kernels)
 
 
@@ -77,6 +81,7 @@ class MultiHeadedAttentionCrossAtt(nn.Module):
 
     def forward(self, x, memory, memory_mask, residual=None, norm=None):
         """norm: the pre-norm of x, when x is not normalised yet."""
+        drop = self.dropout if self.training else None  # FunASR's, on the attention probabilities
         if use_kernels(self, x):
-            return cross_attention_fn(self, x, memory, memory_mask, residual, norm)
-        return cross_attention_ref(self, x if norm is None else norm(x), memory, memory_mask, residual)
+            return cross_attention_fn(self, x, memory, memory_mask, residual, norm, drop)
+        return cross_attention_ref(self, x if norm is None else norm(x), memory, memory_mask, residual, drop)

@@ -193,6 +193,10 @@ class ParaformerConfig:
     model: ModelConfig
     frontend_conf: dict
     vocab_size: int
+    # training-only data augmentation (spec §5.6), read but not validated here: inference must load whatever
+    # augmentation a model was trained with; training/specaug.py refuses what it does not implement
+    specaug: str | None = None
+    specaug_conf: dict = field(default_factory=dict)
 
     @property
     def d_model(self) -> int:
@@ -231,4 +235,6 @@ class ParaformerConfig:
             raise UnsupportedModelError("model_conf.ctc_weight = 1.0 drops the decoder (CTC-only model); not supported")
         if cfg.get("normalize") not in (None, "null"):
             raise UnsupportedModelError(f"config.yaml: normalize = {cfg.get('normalize')!r}; only null is supported (CMVN is in the frontend)")
-        return cls(enc, dec, pred, mc, dict(cfg.get("frontend_conf") or {}), vocab_size)
+        specaug = cfg.get("specaug")
+        return cls(enc, dec, pred, mc, dict(cfg.get("frontend_conf") or {}), vocab_size,
+                   None if specaug in (None, "null") else str(specaug), dict(cfg.get("specaug_conf") or {}))

@@ -43,7 +43,10 @@ Decisions made here (tested in tests/test_cif.py):
 * **Training** (target_lengths given): alphas masked to the valid frames and rescaled per utterance to sum to
   target_lengths (§3.1, in alphas' dtype as FunASR does), then CIF without a tail (tail_threshold is ignored,
   as in FunASR). An utterance whose alphas sum to 0 cannot be rescaled; its alphas stay 0. The rescale is
-  ordinary autograd around the op.
+  ordinary autograd around the op. For float32 alphas the float32 rescale can miss the target by a few ulps;
+  a constant correction at the last nonzero alpha lifts the exact sum to the target, so the last token
+  (eos with predictor_bias 1) always fires at the last frame (`_target_shortfall`; FunASR's cif_v1 fires
+  there whenever its float32-cast prefix reaches the target, i.e. almost always).
 * **dtypes**: hidden float32/float16/bfloat16/float64, accumulated in float32 (float64 for float64 hidden),
   embeddings returned in hidden's dtype; alphas float32/float64, fires returned in alphas' dtype.
 * **fire_frames** (B, N) int64: the frame at which token k fired (lengths[b] = the tail slot), -1 padded.
@@ -108,7 +111,35 @@ def rescale_alphas(alphas: torch.Tensor, target_lengths, lengths=None) -> tuple[
     safe = torch.where(total > 0, total, torch.ones_like(total))
     scale = torch.where(total > 0, tl.to(a.dtype) / safe, torch.zeros_like(total))
     max_target = int(torch.ceil(tl.max()).item()) if B > 0 else 0
-    return a * scale[:, None], max_target
+    scaled = a * scale[:, None]
+    if scaled.dtype == torch.float32 and B and T:
+        scaled = scaled + _target_shortfall(scaled.detach(), tl, total > 0)
+    return scaled, max_target
+
+
+def _target_shortfall(scaled: torch.Tensor, tl: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
+    """(B, T) float32 correction, zero but at each utterance's last nonzero alpha, that lifts the exact
+    (float64) sum of the rescaled float32 alphas from just below the target to at least the target.
+
+    Why: in exact arithmetic Σα = target, so the last token fires at the last frame; the float32 rescale
+    misses by a few ulps (Σα = 40.999995 for a target of 41 on the golden `train_long`), and the float64
+    decisions would then drop the last token (eos), leaving a zero embedding. FunASR's cif_v1 casts its
+    prefix sum to float32 before the floor and so *usually* fires there (whenever it lands within half a
+    float32 ulp of the target); this makes it always fire. The correction is a constant (no gradient): the
+    shortfall is rounding, not a function of the alphas. Only integer targets are affected in effect."""
+    B, T = scaled.shape
+    a64 = scaled.double()
+    short = tl.to(torch.float64) - a64.sum(-1)  # exact for float32 alphas in the model's range
+    pos = torch.arange(T, device=scaled.device)[None, :].expand(B, T)
+    last = torch.where(scaled > 0, pos, torch.full_like(pos, -1)).amax(-1)
+    need = ok & (short > 0) & (last >= 0)
+    idx = last.clamp_min(0)[:, None]
+    old = a64.gather(1, idx).squeeze(1)
+    want = old + short
+    new = want.float()
+    new = torch.where(new.double() < want, torch.nextafter(new, torch.full_like(new, float("inf"))), new)
+    fix = torch.where(need, (new - old.float()), torch.zeros_like(new))
+    return torch.zeros_like(scaled).scatter(1, idx, fix[:, None])
 
 
 def _prepare(alphas, lengths, tail_threshold, target_lengths):
