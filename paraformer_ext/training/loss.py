@@ -10,6 +10,7 @@ from ..ops.out_proj import out_proj_argmax
 from ..quantize import Int8Linear
 from .criteria import label_smoothing_loss, mae_loss
 from .glm import glm_embeds, glm_mask, glm_target_num
+from .mwer import MwerConfig, mwer_loss
 from .specaug import spec_aug
 
 
@@ -69,7 +70,7 @@ def _first_pass_ids(model, enc, lengths, embeds, ys_lens) -> torch.Tensor:
 
 def compute_loss(model, speech: torch.Tensor, speech_lengths: torch.Tensor, text: torch.Tensor,
                  text_lengths: torch.Tensor, *, sampling_ratio: float | None = None,
-                 glm_positions: Sequence[torch.Tensor] | None = None, mwer=None,
+                 glm_positions: Sequence[torch.Tensor] | None = None, mwer: MwerConfig | None = None,
                  generator: torch.Generator | None = None) -> dict:
     """FunASR's `Paraformer.forward` (spec paraformer.md §1.2, training.md §1-§2) on a padded batch.
 
@@ -93,17 +94,20 @@ def compute_loss(model, speech: torch.Tensor, speech_lengths: torch.Tensor, text
     length_normalized_loss, else B; FunASR's batch weight), "token_length" ((B,) unscaled Σα, detached),
     "first_pass_ids" ((B, L) argmax of the first pass), "glm_mask" ((B, L) bool or None).
 
+    mwer: a mwer.MwerConfig turns on MWER with negative sampling on the second pass's logits (candidates drawn
+    from `generator`): loss = ce_weight · loss_att + predictor_weight · loss_pre + weight · loss_mwer, and the
+    result adds "loss_mwer", "mwer_mean_errors", "mwer_min_errors".
+
     Differences from FunASR, on purpose or not yet built:
     * padded encoder frames are zeroed before the predictor, so an utterance gets the same loss contribution
       and gradients in any padded batch (FunASR's predictor convolution reads the first padded frame);
-    * mwer: MWER is issue 11 §2, not built yet; anything but None raises NotImplementedError;
     * a CTC branch (model_conf.ctc_weight > 0) is not built: NotImplementedError;
     * train mode applies SpecAugLFR (time warping is not built: configuring it raises) and every dropout where
       FunASR has one (layer outputs, FFN, attention probabilities, FSMN memory); the random draws are ours, so
       only eval mode (as the goldens) can be compared with FunASR number for number.
     """
-    if mwer is not None:
-        raise NotImplementedError("MWER: issue 11 §2, not built yet")
+    if mwer is not None and not isinstance(mwer, MwerConfig):
+        raise TypeError(f"mwer must be a paraformer_ext.training.MwerConfig or None, got {type(mwer).__name__}")
     mc = model.cfg.model
     if mc.ctc_weight > 0:
         raise NotImplementedError(f"model_conf.ctc_weight = {mc.ctc_weight}: the CTC loss branch is not built; "
@@ -147,7 +151,12 @@ def compute_loss(model, speech: torch.Tensor, speech_lengths: torch.Tensor, text
 
     loss_att = label_smoothing_loss(logits, ys, mc.lsm_weight, mc.length_normalized_loss, mc.ignore_id)
     loss_pre = mae_loss(ys_lens, token_length, mc.length_normalized_loss)
-    loss = loss_att + mc.predictor_weight * loss_pre
+    loss = (1.0 if mwer is None else mwer.ce_weight) * loss_att + mc.predictor_weight * loss_pre
+    extra = {}
+    if mwer is not None:
+        m = mwer_loss(logits, ys, ys_lens, mwer, generator)
+        loss = loss + mwer.weight * m.loss
+        extra = {"loss_mwer": m.loss, "mwer_mean_errors": float(m.mean_errors), "mwer_min_errors": float(m.min_errors)}
     valid = ys != mc.ignore_id
     correct = int(((first_ids == ys) & valid).sum())
     weight = float(ys_lens.sum()) if mc.length_normalized_loss else float(ys.size(0))
@@ -160,4 +169,5 @@ def compute_loss(model, speech: torch.Tensor, speech_lengths: torch.Tensor, text
         "token_length": token_length.detach(),
         "first_pass_ids": first_ids,
         "glm_mask": mask,
+        **extra,
     }

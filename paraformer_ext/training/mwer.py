@@ -31,7 +31,9 @@ class MwerConfig:
     include_greedy: candidate 0 is the greedy path itself; error: "hamming" (position by position against the
     target) or "levenshtein" (edit distance after dropping ids 0, 1, 2); exclude_eos: the last valid position
     (the eos slot of Paraformer's targets) neither scores nor counts; normalize_length: divide the summed loss by
-    the number of target tokens (as the CE with length_normalized_loss), else by the batch size."""
+    the number of target tokens (as the CE with length_normalized_loss), else by the batch size. In
+    training.compute_loss: loss = ce_weight · L_CE + predictor_weight · L_MAE + weight · L_MWER (the spec's γ and
+    w_mwer; an MWER fine-tuning stage uses 1 and 1)."""
 
     n_candidates: int = 4
     p_mask: float = 0.5
@@ -40,6 +42,8 @@ class MwerConfig:
     error: str = "hamming"
     exclude_eos: bool = True
     normalize_length: bool = True
+    weight: float = 1.0
+    ce_weight: float = 1.0
 
     def __post_init__(self):
         problems = []
