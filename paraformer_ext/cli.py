@@ -17,6 +17,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantize", default=None, choices=["int8"],
                    help="int8 weights for the encoder/decoder Linear layers (saved as model_int8.pt on first use)")
     p.add_argument("--quantize-output-layer", action="store_true", help="with --quantize: the output layer too")
+    p.add_argument("--cif-threshold", default="tail", choices=["tail", "dynamic"],
+                   help="when the last token fires: FunASR's tail weight (default) or the paper's dynamic threshold")
 
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
@@ -67,7 +69,7 @@ def cmd_transcribe(a) -> int:
     from .recognizer import load
 
     asr = load(a.model, device=a.device, dtype=a.dtype, kernels=not a.no_kernels, quantize=a.quantize,
-               quantize_output_layer=a.quantize_output_layer)
+               quantize_output_layer=a.quantize_output_layer, cif_threshold=a.cif_threshold)
     pairs = asr.transcribe_iter(
         a.audio, batch_size=a.batch_size, max_batch_frames=a.max_batch_frames, timestamps=a.timestamps,
         long_audio_s=a.long_audio_s, segmenter=a.segmenter, window_s=a.window_s, vad_model_dir=a.vad_model_dir,

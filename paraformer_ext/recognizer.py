@@ -67,7 +67,10 @@ class Recognizer:
 
     @classmethod
     def load(cls, model_dir, device="cpu", dtype=torch.float32, kernels: bool | None = None, quantize: str | None = None,
-             quantize_output_layer: bool = False, quantized_path=None) -> "Recognizer":
+             quantize_output_layer: bool = False, quantized_path=None, cif_threshold: str = "tail") -> "Recognizer":
+        if cif_threshold not in ("tail", "dynamic"):
+            raise ValueError(f"cif_threshold must be 'tail' (FunASR's, the default) or 'dynamic' (the paper's "
+                             f"β = Σα / ⌈Σα⌉), got {cif_threshold!r}")
         files = resolve_model_dir(model_dir)
         tokens = TokenList(files.tokens) if isinstance(files.tokens, list) else TokenList.load(files.tokens)
         fconf = dict(files.config.get("frontend_conf") or {})
@@ -97,6 +100,7 @@ class Recognizer:
             raise RuntimeError("device='cuda' requested but torch sees no CUDA device; use device='cpu'")
         model = model.eval().requires_grad_(False).to(device).cast(_dtype(dtype))
         model.set_kernels(use_kernels(kernels, device))
+        model.predictor.threshold_mode = cif_threshold
         return cls(Pipeline(frontend.to(device), model, tokens, device), files.root, files.weights)
 
     # --- transcription ---------------------------------------------------------------------------------
@@ -139,7 +143,7 @@ class Recognizer:
 
 
 def load(model_dir, device="cpu", dtype=torch.float32, kernels: bool | None = None, quantize: str | None = None,
-         quantize_output_layer: bool = False, quantized_path=None) -> Recognizer:
+         quantize_output_layer: bool = False, quantized_path=None, cif_threshold: str = "tail") -> Recognizer:
     """Load a FunASR Paraformer model directory (model.pt, config.yaml, am.mvn, tokens.json|tokens.txt).
 
     device: "cpu" or "cuda"; dtype: float32 / float16 / bfloat16 for encoder and decoder (the predictor
@@ -149,6 +153,9 @@ def load(model_dir, device="cpu", dtype=torch.float32, kernels: bool | None = No
     quantize="int8": int8 weights for the encoder and decoder Linear layers (quantize.py); the int8 model is
     saved beside model.pt (or at quantized_path) on first use and reused while model.pt is unchanged.
     quantize_output_layer: quantize the decoder's output layer too (off by default, as in FunASR).
+    cif_threshold: "tail" (FunASR's: a 0.45 tail weight after the last frame, so parity holds) or "dynamic"
+    (the paper's §2.2: fire at β = Σα / ⌈Σα⌉, so exactly ⌈Σα⌉ tokens fire).
     """
     return Recognizer.load(model_dir, device=device, dtype=dtype, kernels=kernels, quantize=quantize,
-                           quantize_output_layer=quantize_output_layer, quantized_path=quantized_path)
+                           quantize_output_layer=quantize_output_layer, quantized_path=quantized_path,
+                           cif_threshold=cif_threshold)

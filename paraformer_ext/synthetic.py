@@ -215,7 +215,8 @@ def run_demo(a) -> int:
     plan += [(quant, use_kernels, quant)] if quant else []
     for name, kernels, q in plan:
         asr = load(model_dir, device=a.device, dtype=a.dtype, kernels=kernels, quantize=q,
-                   quantize_output_layer=getattr(a, "quantize_output_layer", False))
+                   quantize_output_layer=getattr(a, "quantize_output_layer", False),
+                   cif_threshold=getattr(a, "cif_threshold", "tail"))
         asr.transcribe(paths[:1], batch_size=1)  # warm-up
         t0 = time.perf_counter()
         res = asr.transcribe(paths, batch_size=a.batch_size, timestamps=True)

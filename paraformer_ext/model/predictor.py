@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.cif import cif
+from ..ops.cif import cif, rescale_alphas
 from .config import PredictorConfig
 from .layers import key_padding_mask
 
@@ -34,6 +34,7 @@ class CifPredictorV2(nn.Module):
         self.cif_conv1d = nn.Conv1d(cfg.idim, cfg.idim, cfg.l_order + cfg.r_order + 1)
         self.cif_output = nn.Linear(cfg.idim, 1)
         self.kernels = False
+        self.threshold_mode = "tail"  # inference: FunASR's tail weight, or the paper's dynamic threshold
 
     def alphas(self, hidden: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
         """hidden (B, T, D) → alphas (B, T) float32, zero past each length."""
@@ -55,6 +56,8 @@ class CifPredictorV2(nn.Module):
         B, T = alphas.shape
         if lengths is None:
             lengths = torch.full((B,), T, dtype=torch.long, device=hidden.device)
+        if target_lengths is None and self.threshold_mode == "dynamic":
+            return self._dynamic(hidden, alphas, lengths)
         tail = self.cfg.tail_threshold if target_lengths is None else 0.0
         # the compiled op, or the reference: the plain float64 loop of spec §3.4 (cif_ref), the oracle the op is
         # tested against; both give FunASR's fires on the goldens (tests/test_parity.py)
@@ -66,3 +69,16 @@ class CifPredictorV2(nn.Module):
             full[torch.arange(B, device=alphas.device), lengths.to(alphas.device)] += torch.tensor(tail, dtype=alphas.dtype)
             alphas = full
         return PredictorOutput(out.acoustic_embeds, out.token_num, alphas, out.fires)
+
+    def _dynamic(self, hidden: torch.Tensor, alphas: torch.Tensor, lengths: torch.Tensor) -> PredictorOutput:
+        """The paper's dynamic threshold (§2.2): fire at β = Σα / ⌈Σα⌉ instead of 1, so the ⌈Σα⌉-th token
+        always fires. Integrating α against β is integrating α/β against 1, which is the training-time
+        rescale to a target of ⌈Σα⌉ (cif with target_lengths): the same code, and embeddings whose weights sum
+        to 1 as in training. Alphas and fires get a zero slot after the last frame, the shape the timestamps
+        expect from the tail method."""
+        target = torch.ceil(alphas.double().sum(-1)).to(torch.int64)
+        out = cif(hidden.to(alphas.dtype), alphas, 1.0, lengths, 0.0, target, kernels=self.kernels)
+        scaled, _ = rescale_alphas(alphas, target, lengths)
+        pad = (0, 1)
+        n = int(out.token_num.max()) if out.token_num.numel() else 0
+        return PredictorOutput(out.acoustic_embeds[:, :n], out.token_num, F.pad(scaled, pad), F.pad(out.fires, pad))
