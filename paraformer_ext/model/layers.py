@@ -9,8 +9,7 @@ from torch import nn
 from .._ext import kernels_available_for
 from ..ops.linear import linear_fn
 from ..ops.sanm import ffn_fn, ffn_ref
-
-LAYER_NORM_EPS = 1e-12  # funasr.models.transformer.layer_norm.LayerNorm
+from .config import LAYER_NORM_EPS
 
 
 def layer_norm(dim: int) -> nn.LayerNorm:

@@ -39,8 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from .._ext import has_kernels, kernels_available_for
-
-LAYER_NORM_EPS = 1e-12  # FunASR's LayerNorm (paraformer_ext/model/layers.py)
+from ..model.config import LAYER_NORM_EPS
 _ACT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
