@@ -32,7 +32,8 @@ import torch.nn.functional as F
 
 from common import cuda_median_ms, run_timed
 from paraformer_ext import has_cuda_kernels, has_kernels
-from paraformer_ext.ops.out_proj import out_proj_argmax_fn, quantize_rows_ref
+from paraformer_ext.ops.int8 import quantize_rows_ref
+from paraformer_ext.ops.out_proj import out_proj_argmax_fn
 
 pytestmark = pytest.mark.skipif(not has_kernels(), reason="compiled extension not built")
 

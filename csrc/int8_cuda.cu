@@ -96,10 +96,6 @@ __device__ __forceinline__ float block_reduce(float v, float* scratch) {
   return r;
 }
 
-// max |v| through the float's bit pattern: non-negative floats order like unsigned integers, and a NaN (bits
-// above +inf) wins, so a row holding NaN gets a NaN scale exactly as on the CPU and in the reference.
-__device__ __forceinline__ unsigned int abs_bits(float v) { return __float_as_uint(v) & 0x7fffffffu; }
-
 __device__ __forceinline__ unsigned int block_max_bits(unsigned int v, unsigned int* scratch) {
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, off));
@@ -111,10 +107,6 @@ __device__ __forceinline__ unsigned int block_max_bits(unsigned int v, unsigned 
   for (int w = 1; w < n_warps; ++w) r = max(r, scratch[w]);
   __syncthreads();
   return r;
-}
-
-__device__ __forceinline__ int8_t quantize_value(float v, float s) {
-  return static_cast<int8_t>(__float2int_rn(int8::clamp_q(__fdiv_rn(v, s))));
 }
 
 // One block per row (grid-stride over rows). kCached keeps the row (N floats) in shared memory between
@@ -159,7 +151,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
 #pragma unroll
       for (int i = 0; i < VEC; ++i) {
         lsum = __fadd_rn(lsum, v[i]);
-        amax = max(amax, abs_bits(v[i]));
+        amax = max(amax, int8::abs_bits(v[i]));
       }
     }
     if (has_ln) {
@@ -192,10 +184,10 @@ __global__ void __launch_bounds__(kMaxRowThreads)
           fetch(g, v, true);
         }
 #pragma unroll
-        for (int i = 0; i < VEC; ++i) amax = max(amax, abs_bits(v[i]));
+        for (int i = 0; i < VEC; ++i) amax = max(amax, int8::abs_bits(v[i]));
       }
     }
-    const float s = __fdiv_rn(__uint_as_float(block_max_bits(amax, scratch_bits)), 127.f);
+    const float s = int8::scale_from_abs_bits(block_max_bits(amax, scratch_bits));
     if (threadIdx.x == 0) scale[m] = s;
     int8_t* qrow = q + m * N;
     // Split activations: r = v - float(q) * s (product rounded, then the difference, as the reference does),
@@ -203,7 +195,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
     auto quantized = [&](int64_t g, float (&v)[VEC], int8_t (&o)[VEC]) {
       fetch(g, v, has_ln);
 #pragma unroll
-      for (int i = 0; i < VEC; ++i) o[i] = s == 0.f ? int8_t(0) : quantize_value(v[i], s);
+      for (int i = 0; i < VEC; ++i) o[i] = int8::quantize_value(v[i], s);
     };
     auto rounding_error = [&](float (&v)[VEC], const int8_t (&o)[VEC]) {
 #pragma unroll
@@ -219,11 +211,11 @@ __global__ void __launch_bounds__(kMaxRowThreads)
         rounding_error(v, o);
         if constexpr (kCached) store_vec<float, VEC>(row + g * VEC, v);
 #pragma unroll
-        for (int i = 0; i < VEC; ++i) amax_lo = max(amax_lo, abs_bits(v[i]));
+        for (int i = 0; i < VEC; ++i) amax_lo = max(amax_lo, int8::abs_bits(v[i]));
       }
     }
     if (q_lo == nullptr) continue;
-    const float s_lo = __fdiv_rn(__uint_as_float(block_max_bits(amax_lo, scratch_bits)), 127.f);
+    const float s_lo = int8::scale_from_abs_bits(block_max_bits(amax_lo, scratch_bits));
     if (threadIdx.x == 0) scale_lo[m] = s_lo;
     int8_t* qlo_row = q_lo + m * N;
     for (int64_t g = threadIdx.x; g < groups; g += blockDim.x) {
@@ -237,7 +229,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
       }
       int8_t o[VEC];
 #pragma unroll
-      for (int i = 0; i < VEC; ++i) o[i] = s_lo == 0.f ? int8_t(0) : quantize_value(v[i], s_lo);
+      for (int i = 0; i < VEC; ++i) o[i] = int8::quantize_value(v[i], s_lo);
       store_vec<int8_t, VEC>(qlo_row + g * VEC, o);
     }
   }

@@ -13,8 +13,8 @@ from paraformer_ext.ops.out_proj import (
     out_proj_argmax_fn,
     out_proj_argmax_ref,
     out_proj_logits_ref,
-    quantize_rows_ref,
 )
+from paraformer_ext.ops.int8 import quantize_rows_ref
 
 pytestmark = pytest.mark.skipif(not has_kernels(), reason="compiled extension not built")
 
@@ -264,8 +264,9 @@ def test_non_finite_logits(device, kind):
 
 
 def test_int8_quantization_rule():
-    """scale = absmax / 127, round half to even, zero row -> scale 0, inf -> scale NaN; the op reads the same
-    q back through one-hot weights (logits = q * scale): a q off by one would move logp."""
+    """ops/int8.py's rule: scale = absmax / 127, round half to even, zero row -> scale 0, inf -> scale inf
+    (finite / inf = 0, inf / inf = NaN -> +127); the op reads the same q back through one-hot weights
+    (logits = q * scale): a q off by one would move logp."""
     x = torch.tensor([
         [0.0, 0.0, 0.0, 0.0, 0.0],
         [1.0, -0.5, 0.25, 0.0, 0.0],
@@ -276,7 +277,7 @@ def test_int8_quantization_rule():
     assert s[0] == 0 and (q[0] == 0).all()
     assert s[1] == torch.tensor(1.0) / 127 and q[1].tolist() == [127, -64, 32, 0, 0]
     assert s[2] == 1 and q[2].tolist() == [127, 126, 126, -127, 0]
-    assert torch.isnan(s[3]) and (q[3] == 0).all()
+    assert s[3] == float("inf") and q[3].tolist() == [0, 127, 0, 0, 0]
     w, ws = torch.eye(5, dtype=torch.int8), torch.ones(5)
     ids, logp = out_proj_argmax_fn(x, w, None, ws)
     ref_ids, ref_logp = out_proj_argmax_ref(x, w, None, ws)
