@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 
 #include "common.h"
 
@@ -176,6 +177,25 @@ inline LnArgs check_ln_args(const c10::optional<at::Tensor>& weight, const c10::
   ln.bias = float_vector(bias, n, like, like_name, op, bname, n_name);
   ln.eps = static_cast<float>(eps);
   return ln;
+}
+
+// The checks of every op that quantizes activations x (M, K), with an optional LayerNorm over K whose
+// parameters are called wname / bname in the messages (as the op's schema names them).
+inline LnArgs check_activation_ln(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+                                  const c10::optional<at::Tensor>& bias, double eps, const char* op,
+                                  const char* wname = "weight", const char* bname = "bias") {
+  check_activation(x, op, "x");
+  return check_ln_args(weight, bias, eps, x.size(1), x, "x", op, wname, bname, "K");
+}
+
+// The checks of int8_linear_epilogue_quantize: the epilogue's inputs, then a LayerNorm over its N columns.
+inline std::pair<EpilogueArgs, LnArgs> check_epilogue_quantize_args(
+    const at::Tensor& acc, const at::Tensor& row_scale, const at::Tensor& col_scale,
+    const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& ln_weight,
+    const c10::optional<at::Tensor>& ln_bias, double eps, const char* op) {
+  EpilogueArgs a = check_epilogue_args(acc, row_scale, col_scale, bias, op);
+  LnArgs ln = check_ln_args(ln_weight, ln_bias, eps, a.N, a.acc, "acc", op, "ln_weight", "ln_bias", "N");
+  return {std::move(a), std::move(ln)};
 }
 
 // The kernels index rows and columns with 32-bit grid coordinates in places; refuse what cannot fit.

@@ -255,9 +255,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_rows_split_cpu(const at:
                                                                       const c10::optional<at::Tensor>& ln_bias,
                                                                       double eps) {
   const char* op = "paraformer_ext.quantize_rows_split";
-  int8::check_activation(x_in, op, "x");
-  const int8::LnArgs ln = int8::check_ln_args(ln_weight, ln_bias, eps, x_in.size(1), x_in, "x", op, "ln_weight",
-                                              "ln_bias", "K");
+  const int8::LnArgs ln = int8::check_activation_ln(x_in, ln_weight, ln_bias, eps, op, "ln_weight", "ln_bias");
   const at::Tensor x = int8::last_dim_contiguous(x_in);
   const int64_t M = x.size(0), K = x.size(1);
   int8::check_row_length(K, op, "K");
@@ -284,8 +282,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows_cpu(const at::Tensor& x) {
 std::tuple<at::Tensor, at::Tensor> layer_norm_quantize_rows_cpu(const at::Tensor& x, const at::Tensor& weight,
                                                                 const at::Tensor& bias, double eps) {
   const char* op = "paraformer_ext.layer_norm_quantize_rows";
-  int8::check_activation(x, op, "x");
-  const int8::LnArgs ln = int8::check_ln_args(weight, bias, eps, x.size(1), x, "x", op, "weight", "bias", "K");
+  const int8::LnArgs ln = int8::check_activation_ln(x, weight, bias, eps, op);
   return activation_quantize(x, ln, op);
 }
 
@@ -313,9 +310,8 @@ std::tuple<at::Tensor, at::Tensor> int8_linear_epilogue_quantize_cpu(
     const c10::optional<at::Tensor>& bias, bool relu, const c10::optional<at::Tensor>& ln_weight,
     const c10::optional<at::Tensor>& ln_bias, double eps) {
   const char* op = "paraformer_ext.int8_linear_epilogue_quantize";
-  const int8::EpilogueArgs a = int8::check_epilogue_args(acc, row_scale, col_scale, bias, op);
-  const int8::LnArgs ln =
-      int8::check_ln_args(ln_weight, ln_bias, eps, a.N, a.acc, "acc", op, "ln_weight", "ln_bias", "N");
+  const auto [a, ln] =
+      int8::check_epilogue_quantize_args(acc, row_scale, col_scale, bias, ln_weight, ln_bias, eps, op);
   int8::check_row_length(a.N, op, "N");
   at::Tensor q = at::empty({a.M, a.N}, a.acc.options().dtype(at::kChar));
   at::Tensor scale = at::empty({a.M}, a.acc.options().dtype(at::kFloat));

@@ -322,8 +322,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows_cuda(const at::Tensor& x) {
 std::tuple<at::Tensor, at::Tensor> layer_norm_quantize_rows_cuda(const at::Tensor& x, const at::Tensor& weight,
                                                                  const at::Tensor& bias, double eps) {
   const char* op = "paraformer_ext.layer_norm_quantize_rows";
-  int8::check_activation(x, op, "x");
-  const int8::LnArgs ln = int8::check_ln_args(weight, bias, eps, x.size(1), x, "x", op, "weight", "bias", "K");
+  const int8::LnArgs ln = int8::check_activation_ln(x, weight, bias, eps, op);
   return activation_quantize(x, ln, op);
 }
 
@@ -332,9 +331,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_rows_split_cuda(const at
                                                                        const c10::optional<at::Tensor>& ln_bias,
                                                                        double eps) {
   const char* op = "paraformer_ext.quantize_rows_split";
-  int8::check_activation(x, op, "x");
-  const int8::LnArgs ln = int8::check_ln_args(ln_weight, ln_bias, eps, x.size(1), x, "x", op, "ln_weight",
-                                              "ln_bias", "K");
+  const int8::LnArgs ln = int8::check_activation_ln(x, ln_weight, ln_bias, eps, op, "ln_weight", "ln_bias");
   at::Tensor scale_lo;
   auto [q, scale] = activation_quantize(x, ln, op, &scale_lo);
   return {q, scale, scale_lo};
@@ -356,9 +353,8 @@ std::tuple<at::Tensor, at::Tensor> int8_linear_epilogue_quantize_cuda(
     const c10::optional<at::Tensor>& ln_bias, double eps) {
   const char* op = "paraformer_ext.int8_linear_epilogue_quantize";
   // Checks (devices included) come before the guard: a CPU acc reaching this kernel must fail them cleanly.
-  const int8::EpilogueArgs a = int8::check_epilogue_args(acc, row_scale, col_scale, bias, op);
-  const int8::LnArgs ln =
-      int8::check_ln_args(ln_weight, ln_bias, eps, a.N, a.acc, "acc", op, "ln_weight", "ln_bias", "N");
+  const auto [a, ln] =
+      int8::check_epilogue_quantize_args(acc, row_scale, col_scale, bias, ln_weight, ln_bias, eps, op);
   check_on_cuda(a.acc, op);
   const at::cuda::CUDAGuard guard(a.acc.device());
   int8::check_row_length(a.N, op, "N");
