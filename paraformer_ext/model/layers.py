@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from .._ext import kernels_available_for
+from ..masks import length_mask
 from ..ops.linear import linear_fn
 from ..ops.sanm import ffn_fn, ffn_ref
 from .config import LAYER_NORM_EPS
@@ -68,10 +69,6 @@ class PositionwiseFeedForwardDecoderSANM(nn.Module):
         return self.w_2(self.norm(self.dropout(torch.relu(self.w_1(x)))))
 
 
-def key_padding_mask(lengths: torch.Tensor | None, T: int, device) -> torch.Tensor | None:
-    """(B, T) bool, True at valid frames; None when there is no padding to mask."""
-    if lengths is None:
-        return None
-    return torch.arange(T, device=device)[None, :] < lengths.to(device)[:, None]
+key_padding_mask = length_mask  # (lengths, T, device): attention's name for masks.length_mask
 
 
