@@ -55,9 +55,10 @@ class VadWeightsDownloadError(VadWeightsError):
 
 
 def default_cache_dir() -> Path:
-    """$PARAFORMER_EXT_CACHE, else ~/.cache/paraformer_ext."""
-    env = os.environ.get("PARAFORMER_EXT_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "paraformer_ext"
+    """$PARAFORMER_EXT_CACHE, else ~/.cache/paraformer_ext: paths.cache_dir."""
+    from ..paths import cache_dir  # the one rule, shared with quantize.py and synthetic.py
+
+    return cache_dir()
 
 
 def _sha256_bytes(data: bytes) -> str:
