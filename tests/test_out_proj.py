@@ -2,19 +2,24 @@
 (float and int8 weights), strided inputs, exact ties, non-finite logits, bounded scratch memory, opcheck and
 bad inputs."""
 import math
+import sys
 
 import pytest
 import torch
 from torch import nn
 
+from conftest import REPO
 from paraformer_ext import has_kernels
+from paraformer_ext.ops.int8 import quantize_rows_ref
 from paraformer_ext.ops.out_proj import (
     out_proj_argmax,
     out_proj_argmax_fn,
     out_proj_argmax_ref,
     out_proj_logits_ref,
 )
-from paraformer_ext.ops.int8 import quantize_rows_ref
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from common import peak_cpu_alloc_bytes  # noqa: E402  (the benchmark measures scratch memory the same way)
 
 pytestmark = pytest.mark.skipif(not has_kernels(), reason="compiled extension not built")
 
@@ -287,27 +292,6 @@ def test_int8_quantization_rule():
     assert abs(logp[2].item() + math.log(1 + 2 * math.exp(-1))) < 1e-6  # away from zero would tie at 127
 
 
-def _peak_cpu_alloc(fn) -> int:
-    """Peak bytes held through torch's CPU allocator (all threads) during fn(), above what was held before,
-    from the profiler's memory records."""
-    import json
-    import tempfile
-    from pathlib import Path
-
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    with tempfile.TemporaryDirectory() as d:
-        prof.export_chrome_trace(str(Path(d) / "trace.json"))
-        events = json.loads((Path(d) / "trace.json").read_text())["traceEvents"]
-    mem = sorted((e for e in events if e.get("name") == "[memory]"), key=lambda e: e["ts"])
-    if not mem:
-        return 0
-    before = mem[0]["args"]["Total Allocated"] - mem[0]["args"]["Bytes"]
-    return max(e["args"]["Total Allocated"] for e in mem) - before
-
-
 def test_scratch_memory_does_not_grow_with_v_or_m():
     """What the op holds at its peak is its outputs and, per thread, one tile and a few vectors: bounded by
     the tile budget, far below the M x V float32 logits the reference materialises (twice)."""
@@ -318,9 +302,9 @@ def test_scratch_memory_does_not_grow_with_v_or_m():
         for kind in ("fp32", "int8"):
             x, w, b, ws = _inputs(M, 64, V, kind, "cpu", seed=9)
             out_proj_argmax_fn(x[:50], w, b, ws)  # first-call initialisation stays out of the measurement
-            peak = _peak_cpu_alloc(lambda: out_proj_argmax_fn(x, w, b, ws))
+            peak = peak_cpu_alloc_bytes(lambda: out_proj_argmax_fn(x, w, b, ws))
             assert 0 < peak <= bound and peak < logits_bytes / 10, (M, V, kind, peak)
-    assert _peak_cpu_alloc(lambda: out_proj_argmax_ref(x, w, b, ws)) >= logits_bytes  # the measurement works
+    assert peak_cpu_alloc_bytes(lambda: out_proj_argmax_ref(x, w, b, ws)) >= logits_bytes  # the measurement works
 
 
 def test_opcheck(device):
