@@ -228,13 +228,17 @@ def int8_linear_ref(
     (act(acc * s * w_scale + bias) + residual). wq, w_scale: from `quantize_weight_ref`; bias (N,) or None;
     residual (..., N) of out_dtype or None.
     """
+    return _linear(quantize_rows_ref, int8_linear_from_quantized_ref, x, wq, w_scale, bias, residual, relu, out_dtype)
+
+
+def _linear(quantize, from_quantized, x, wq, w_scale, bias, residual, relu, out_dtype):
+    """(..., K) float rows through `quantize` and `from_quantized`: the shared body of the int8_linear twins."""
     K = x.shape[-1]
-    _check_weight(wq, w_scale, K)
-    q, s = quantize_rows_ref(x.reshape(-1, K))
+    N = _check_weight(wq, w_scale, K)
+    q, s = quantize(x.reshape(-1, K))
     out_dtype = x.dtype if out_dtype is None else out_dtype
-    y = int8_linear_from_quantized_ref(q, s, wq, w_scale, bias,
-                                       None if residual is None else residual.reshape(-1, wq.shape[0]), relu, out_dtype)
-    return y.reshape(*x.shape[:-1], wq.shape[0])
+    y = from_quantized(q, s, wq, w_scale, bias, None if residual is None else residual.reshape(-1, N), relu, out_dtype)
+    return y.reshape(*x.shape[:-1], N)
 
 
 # --- the compiled ops: fake impls (no autograd: inference only) --------------------------------------------------
@@ -366,13 +370,7 @@ def int8_linear_fn(
     """W8A8 linear with the compiled ops: x (..., K) -> (..., N) in out_dtype (default x.dtype).
     `quantize_rows_fn` -> `int_mm` -> `int8_linear_epilogue_fn`; same signature and result as `int8_linear_ref`.
     """
-    K = x.shape[-1]
-    _check_weight(wq, w_scale, K)
-    q, s = quantize_rows_fn(x.reshape(-1, K))
-    out_dtype = x.dtype if out_dtype is None else out_dtype
-    y = int8_linear_from_quantized_fn(q, s, wq, w_scale, bias,
-                                      None if residual is None else residual.reshape(-1, wq.shape[0]), relu, out_dtype)
-    return y.reshape(*x.shape[:-1], wq.shape[0])
+    return _linear(quantize_rows_fn, int8_linear_from_quantized_fn, x, wq, w_scale, bias, residual, relu, out_dtype)
 
 
 # --- dispatch: the compiled op where built for the device, else the reference ----------------------------------
