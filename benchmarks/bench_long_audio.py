@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, shared_dir  # noqa: E402
+from common import REPO, max_rss_mb, proc_status_mb, reset_peak_rss, shared_dir  # noqa: E402
 
 
 def build_long_wav(path: Path, minutes: float, seed: int = 0) -> Path:
@@ -53,21 +53,8 @@ def build_long_wav(path: Path, minutes: float, seed: int = 0) -> Path:
     return path
 
 
-def _vm(field: str) -> float | None:
-    """A VmRSS / VmHWM line of /proc/self/status in MB (None where there is no /proc)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
 def child(a) -> None:
     """Runs in a fresh process: load, transcribe one file, report time and peak memory as JSON."""
-    import resource
-
     import torch
 
     import paraformer_ext
@@ -80,12 +67,8 @@ def child(a) -> None:
         torch.cuda.reset_peak_memory_stats()
     # The process's peak so far is the model load (checkpoint + weights); reset the kernel's high-water mark
     # so the transcription's own peak is measured too (Linux: writing 5 to clear_refs resets VmHWM).
-    rss_after_load = _vm("VmRSS")
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        hwm_reset = True
-    except OSError:
-        hwm_reset = False
+    rss_after_load = proc_status_mb("VmRSS")
+    hwm_reset = reset_peak_rss()
     t0 = time.perf_counter()
     r = asr.transcribe([a.wav], vad_model_dir=a.vad_model_dir)[0]
     wall = time.perf_counter() - t0
@@ -95,9 +78,9 @@ def child(a) -> None:
     out = {
         "audio_s": dur, "wall_s": wall, "load_s": load_s, "rtf": wall / dur, "x_real_time": dur / wall,
         "segments": len(r.get("segments", [])), "tokens": len(r.get("token_ids", [])),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": max_rss_mb(),
         "rss_after_load_mb": rss_after_load,
-        "peak_rss_during_transcription_mb": _vm("VmHWM") if hwm_reset else None,
+        "peak_rss_during_transcription_mb": proc_status_mb("VmHWM") if hwm_reset else None,
         "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if a.device == "cuda" else None,
         "error": r.get("error"),
     }

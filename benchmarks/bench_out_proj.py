@@ -21,18 +21,16 @@ in it (the same for every variant).
 """
 from __future__ import annotations
 
-import json
 import os
-import tempfile
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from common import cuda_median_ms, run_timed
+from common import cuda_median_ms, peak_cpu_alloc_bytes, peak_cuda_bytes, run_timed
 from paraformer_ext import has_cuda_kernels, has_kernels
-from paraformer_ext.ops.out_proj import out_proj_argmax_fn, quantize_rows_ref
+from paraformer_ext.ops.int8 import quantize_rows_ref
+from paraformer_ext.ops.out_proj import out_proj_argmax_fn
 
 pytestmark = pytest.mark.skipif(not has_kernels(), reason="compiled extension not built")
 
@@ -59,30 +57,6 @@ def _int8_unfused(x, wq, ws, b):
     return torch.log_softmax(logits, dim=-1).max(dim=-1)
 
 
-def _peak_cpu_bytes(fn) -> int:
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    with tempfile.TemporaryDirectory() as d:
-        prof.export_chrome_trace(str(Path(d) / "trace.json"))
-        events = json.loads((Path(d) / "trace.json").read_text())["traceEvents"]
-    mem = sorted((e for e in events if e.get("name") == "[memory]"), key=lambda e: e["ts"])
-    if not mem:
-        return 0
-    before = mem[0]["args"]["Total Allocated"] - mem[0]["args"]["Bytes"]
-    return max(e["args"]["Total Allocated"] for e in mem) - before
-
-
-def _peak_cuda_bytes(fn) -> int:
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - base
-
-
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("M", ROWS)
 @pytest.mark.parametrize("dtype", list(DTYPES))
@@ -107,9 +81,9 @@ def test_out_proj(benchmark, device, dtype, M, variant):
     with torch.inference_mode():
         fn()  # warm-up: first-call initialisation stays out of the timings and the memory peak
         if device == "cuda":
-            benchmark.extra_info["peak_extra_bytes"] = _peak_cuda_bytes(fn)
+            benchmark.extra_info["peak_extra_bytes"] = peak_cuda_bytes(fn)
             benchmark.extra_info["cuda_median_ms"] = cuda_median_ms(fn, warmup=3, iters=30)
             run_timed(benchmark, fn, device)
         else:
-            benchmark.extra_info["peak_extra_bytes"] = _peak_cpu_bytes(fn)
+            benchmark.extra_info["peak_extra_bytes"] = peak_cpu_alloc_bytes(fn)
             run_timed(benchmark, fn, device, rounds=5 if M >= 1024 else 20)

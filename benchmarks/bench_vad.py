@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import peak_rss_mb, proc_status_mb, reset_peak_rss  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,33 +67,6 @@ def build_long(src: Path, minutes: float, out_dir: Path) -> Path:
             f.write(x[:n])
             done += n
     return out
-
-
-def _status_mb(key: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process (Linux VmHWM; ru_maxrss elsewhere)."""
-    try:
-        return _status_mb("VmHWM")
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def reset_peak_rss() -> bool:
-    """Restart the VmHWM high-water mark at the current RSS (Linux ≥ 4.0), so that a later peak measures
-    only what comes after."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def time_segments(vad, wav: Path, repeat: int) -> list[float]:
@@ -143,7 +118,7 @@ def _rss_child(wav: str, threads: int, device: str) -> dict:
     vad = FsmnVad.load(device=device)
     vad.segments(np.zeros(16000, dtype=np.float32))  # first-call allocations (caches, thread pools)
     load_peak = peak_rss_mb()
-    base = _status_mb("VmRSS")
+    base = proc_status_mb("VmRSS")
     reset = reset_peak_rss()
     t0 = time.perf_counter()
     segs = vad.segments(wav)

@@ -1,5 +1,6 @@
 """Shared benchmark helpers: timing that respects CUDA's asynchrony, the device-to-device copy bandwidth
-measured in the same run, and the shared audio (or a synthetic stand-in when ../shared is absent)."""
+measured in the same run, the shared audio (or a synthetic stand-in when ../shared is absent), and peak
+memory (resident set, torch's CPU and CUDA allocators; tests/test_out_proj.py uses the CPU one too)."""
 from __future__ import annotations
 
 import os
@@ -78,3 +79,74 @@ def wall_s(fn, device, repeat: int = 3) -> float:
         sync(device)
         ts.append(time.perf_counter() - t)
     return statistics.median(ts)
+
+
+# --- memory: the process's resident set (Linux /proc) and torch's allocators ---------------------------------
+
+
+def proc_status_mb(field: str) -> float | None:
+    """A kB line of /proc/self/status (VmRSS: resident now, VmHWM: peak resident) in MB; None without /proc."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Restart VmHWM at the current RSS (Linux >= 4.0: 5 to clear_refs), so that a later VmHWM is the peak
+    since now. False where the kernel does not allow it (then VmHWM is the process's whole peak)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def max_rss_mb() -> float:
+    """The process's lifetime peak RSS from getrusage (MB). Linux carries it over exec from the forking parent,
+    so a child of a large process reports at least the parent's peak: use VmHWM there."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process: VmHWM where there is /proc (it honours reset_peak_rss), else
+    getrusage's."""
+    hwm = proc_status_mb("VmHWM")
+    return max_rss_mb() if hwm is None else hwm
+
+
+def peak_cpu_alloc_bytes(fn) -> int:
+    """Peak bytes held through torch's CPU allocator (all threads) during fn(), above what was held before,
+    from the profiler's memory records."""
+    import json
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    with tempfile.TemporaryDirectory() as d:
+        prof.export_chrome_trace(str(Path(d) / "trace.json"))
+        events = json.loads((Path(d) / "trace.json").read_text())["traceEvents"]
+    mem = sorted((e for e in events if e.get("name") == "[memory]"), key=lambda e: e["ts"])
+    if not mem:
+        return 0
+    before = mem[0]["args"]["Total Allocated"] - mem[0]["args"]["Bytes"]
+    return max(e["args"]["Total Allocated"] for e in mem) - before
+
+
+def peak_cuda_bytes(fn) -> int:
+    """Peak bytes allocated on the current CUDA device during fn(), above what was allocated before."""
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base

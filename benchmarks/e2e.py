@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, shared_dir  # noqa: E402
+from common import REPO, max_rss_mb, proc_status_mb, reset_peak_rss, shared_dir  # noqa: E402
 
 SR = 16000
 STAGES = ("read", "frontend", "encoder", "predictor", "decoder", "text")
@@ -208,32 +208,6 @@ def model_flops(cfg, T: int, N: int) -> dict[str, int]:
 # --- one system, in its own process -------------------------------------------------------------------------
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _hwm_mb() -> float | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def _reset_hwm() -> bool:
-    """Reset the process's peak RSS (Linux: clear_refs 5), so a later VmHWM is the peak since now."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def _sync(torch, device) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -257,7 +231,7 @@ class Worker:
         torch.set_num_threads(a.threads)
         out: dict = {"system": a.system, "kernels": kernels, "dtype": dtype, "batched": batched, "load_avg_start": os.getloadavg()[0]}
         self.out = out
-        rss_imports = _rss_mb()
+        rss_imports = proc_status_mb("VmRSS")
         waves, desc, lengths = build_workload(a)
         if desc["sha256"] != a.expect_sha256:
             raise SystemExit(f"workload fingerprint {desc['sha256']} differs from the parent's {a.expect_sha256}")
@@ -274,7 +248,7 @@ class Worker:
             out["subset"] = f"first {k + 1} of {n_in} utterances ({acc:.0f} s of {desc['audio_s']:.0f} s)"
         self.inputs, self.lengths = inputs, lengths
         self.audio_s = out["audio_s"] = sum(lengths) / SR
-        rss_workload = _rss_mb()
+        rss_workload = proc_status_mb("VmRSS")
         if a.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
@@ -288,7 +262,7 @@ class Worker:
         out["load_s"] = time.perf_counter() - t0
         model = self.asr.model
         out["weights_mb"] = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers())) / 2**20
-        out.update(rss_imports_mb=rss_imports, rss_workload_mb=rss_workload, rss_after_load_mb=_rss_mb(), load_peak_rss_mb=_hwm_mb())
+        out.update(rss_imports_mb=rss_imports, rss_workload_mb=rss_workload, rss_after_load_mb=proc_status_mb("VmRSS"), load_peak_rss_mb=proc_status_mb("VmHWM"))
         if a.device == "cuda":
             out["cuda_weights_mb"] = torch.cuda.memory_allocated() / 2**20
         self.opts = dict(segmenter="none", max_batch_frames=a.max_batch_frames, max_padding=a.max_padding)
@@ -335,7 +309,7 @@ class Worker:
         if not self.walls:
             if a.device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            self.hwm_ok = _reset_hwm()
+            self.hwm_ok = reset_peak_rss()
         load = os.getloadavg()[0]
         with torch.inference_mode():
             # on CPU the stage marks cost nothing; on CUDA they synchronise, so the split gets its own pass
@@ -352,7 +326,7 @@ class Worker:
         torch, a, out = self.torch, self.a, self.out
         if self.asr is None or not self.walls:
             return out
-        out["run_peak_rss_mb"] = _hwm_mb() if self.hwm_ok else None
+        out["run_peak_rss_mb"] = proc_status_mb("VmHWM") if self.hwm_ok else None
         if a.device == "cuda":
             out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
             out["peak_cuda_reserved_mb"] = torch.cuda.max_memory_reserved() / 2**20
@@ -370,7 +344,7 @@ class Worker:
             audio_s=self.audio_s, utterances=len(self.inputs), passes=len(self.walls), wall_s=wall, walls_s=self.walls,
             cpu_s=statistics.median(self.cpus), cpus_s=self.cpus, load_avg_passes=self.loads,
             x_rt=self.audio_s / wall, errors=len(errors), first_error=errors[0] if errors else None,
-            peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, load_avg_end=os.getloadavg()[0],
+            peak_rss_mb=max_rss_mb(), load_avg_end=os.getloadavg()[0],
             token_ids=[r.get("token_ids", []) for r in res], oom_splits=self.oom,
         )
         cfg, fr = self.asr.model.cfg, self.asr.frontend.cfg

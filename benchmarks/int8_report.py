@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, shared_dir, sync  # noqa: E402
+from common import REPO, proc_status_mb, shared_dir, sync  # noqa: E402
 
 WAVS = ["asr_example", "long"]
 LAYERS = {  # name: (in, out, input kind) of the large preset
@@ -76,8 +76,7 @@ def child(a) -> None:
     for _ in range(2):
         asr.transcribe(paths)
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the forking parent (which holds three models)
-    hwm = next(int(x.split()[1]) / 1024 for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
-    print(json.dumps({"peak_rss_mb": hwm, "model_mb": model_bytes(asr.model) / 1e6}))
+    print(json.dumps({"peak_rss_mb": proc_status_mb("VmHWM"), "model_mb": model_bytes(asr.model) / 1e6}))
 
 
 def main() -> None:

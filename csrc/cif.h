@@ -145,4 +145,20 @@ inline void check_cif_errors(int flags, const char* op) {
               ": alphas must be finite and >= 0 at every valid frame (frames past lengths[b] are ignored)");
 }
 
+// cif_backward's incoming gradients: grad_embeds (B, N, D) like hidden, and grad_fires (B, Tf) or absent.
+// Returns grad_fires as contiguous float64 (undefined when absent).
+inline at::Tensor check_cif_backward_grads(const at::Tensor& grad, const c10::optional<at::Tensor>& grad_fires,
+                                           const at::Tensor& hidden, const CifShape& s, const char* op) {
+  TORCH_CHECK(grad.dim() == 3 && grad.size(0) == s.B && grad.size(2) == s.D, op,
+              ": grad_embeds must be (B, N, D) with B, D of hidden ", hidden.sizes(), ", got ", grad.sizes());
+  TORCH_CHECK(grad.scalar_type() == hidden.scalar_type(), op, ": grad_embeds dtype ", grad.scalar_type(),
+              " differs from hidden dtype ", hidden.scalar_type());
+  check_same_device(grad, hidden, op, "grad_embeds", "hidden");
+  if (!grad_fires.has_value() || !grad_fires->defined()) return at::Tensor();
+  TORCH_CHECK(grad_fires->dim() == 2 && grad_fires->size(0) == s.B && grad_fires->size(1) == s.Tf, op,
+              ": grad_fires must be (B, ", s.Tf, "), got ", grad_fires->sizes());
+  check_same_device(*grad_fires, hidden, op, "grad_fires", "hidden");
+  return grad_fires->to(at::kDouble).contiguous();
+}
+
 }  // namespace paraformer_ext

@@ -159,11 +159,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cif_cpu(const at::Ten
   TORCH_CHECK(min_tokens >= 0, op, ": min_tokens must be >= 0, got ", min_tokens);
   if (lengths.has_value()) check_same_device(*lengths, hidden_in, op, "lengths", "hidden");
   const at::Tensor len = checked_lengths(lengths, hidden_in, s.B, op);
+  check_lengths_range(len, s.T, op);
   const int64_t* lp = len.defined() ? len.data_ptr<int64_t>() : nullptr;
-  if (lp) {
-    for (int64_t b = 0; b < s.B; ++b)
-      TORCH_CHECK(lp[b] >= 0 && lp[b] <= s.T, op, ": lengths[", b, "] = ", lp[b], " is outside [0, T = ", s.T, "]");
-  }
   const at::Tensor hidden = hidden_in.contiguous();
   const at::Tensor alphas = alphas_in.contiguous();
   ScanResult sc = scan_all(alphas, lp, s, threshold, tail_threshold, false, op);
@@ -228,25 +225,11 @@ std::tuple<at::Tensor, at::Tensor> cif_backward_cpu(const at::Tensor& grad_in, c
                                                     double tail_threshold) {
   const char* op = "paraformer_ext.cif_backward";
   const CifShape s = check_cif_args(hidden_in, alphas_in, threshold, tail_threshold, op);
-  TORCH_CHECK(grad_in.dim() == 3 && grad_in.size(0) == s.B && grad_in.size(2) == s.D, op,
-              ": grad_embeds must be (B, N, D) with B, D of hidden ", hidden_in.sizes(), ", got ", grad_in.sizes());
-  TORCH_CHECK(grad_in.scalar_type() == hidden_in.scalar_type(), op, ": grad_embeds dtype ", grad_in.scalar_type(),
-              " differs from hidden dtype ", hidden_in.scalar_type());
-  check_same_device(grad_in, hidden_in, op, "grad_embeds", "hidden");
-  at::Tensor gF;
-  if (grad_fires_in.has_value() && grad_fires_in->defined()) {
-    TORCH_CHECK(grad_fires_in->dim() == 2 && grad_fires_in->size(0) == s.B && grad_fires_in->size(1) == s.Tf, op,
-                ": grad_fires must be (B, ", s.Tf, "), got ", grad_fires_in->sizes());
-    check_same_device(*grad_fires_in, hidden_in, op, "grad_fires", "hidden");
-    gF = grad_fires_in->to(at::kDouble).contiguous();
-  }
+  const at::Tensor gF = check_cif_backward_grads(grad_in, grad_fires_in, hidden_in, s, op);
   if (lengths.has_value()) check_same_device(*lengths, hidden_in, op, "lengths", "hidden");
   const at::Tensor len = checked_lengths(lengths, hidden_in, s.B, op);
+  check_lengths_range(len, s.T, op);
   const int64_t* lp = len.defined() ? len.data_ptr<int64_t>() : nullptr;
-  if (lp) {
-    for (int64_t b = 0; b < s.B; ++b)
-      TORCH_CHECK(lp[b] >= 0 && lp[b] <= s.T, op, ": lengths[", b, "] = ", lp[b], " is outside [0, T = ", s.T, "]");
-  }
   const at::Tensor hidden = hidden_in.contiguous();
   const at::Tensor alphas = alphas_in.contiguous();
   const at::Tensor G = grad_in.contiguous();

@@ -545,19 +545,8 @@ std::tuple<at::Tensor, at::Tensor> cif_backward_cuda(const at::Tensor& grad_in,
   const char* op = "paraformer_ext.cif_backward";
   const CifShape s = check_cif_args(hidden_in, alphas_in, threshold, tail_threshold, op);
   check_common(hidden_in, lengths, s, op);
-  TORCH_CHECK(grad_in.dim() == 3 && grad_in.size(0) == s.B && grad_in.size(2) == s.D, op,
-              ": grad_embeds must be (B, N, D) with B, D of hidden ", hidden_in.sizes(), ", got ", grad_in.sizes());
-  TORCH_CHECK(grad_in.scalar_type() == hidden_in.scalar_type(), op, ": grad_embeds dtype ", grad_in.scalar_type(),
-              " differs from hidden dtype ", hidden_in.scalar_type());
-  check_same_device(grad_in, hidden_in, op, "grad_embeds", "hidden");
+  const at::Tensor gF = check_cif_backward_grads(grad_in, grad_fires_in, hidden_in, s, op);
   const at::cuda::OptionalCUDAGuard guard(hidden_in.device());
-  at::Tensor gF;
-  if (grad_fires_in.has_value() && grad_fires_in->defined()) {
-    TORCH_CHECK(grad_fires_in->dim() == 2 && grad_fires_in->size(0) == s.B && grad_fires_in->size(1) == s.Tf, op,
-                ": grad_fires must be (B, ", s.Tf, "), got ", grad_fires_in->sizes());
-    check_same_device(*grad_fires_in, hidden_in, op, "grad_fires", "hidden");
-    gF = grad_fires_in->to(at::kDouble).contiguous();
-  }
   const at::Tensor len = checked_lengths(lengths, hidden_in, s.B, op);
   const at::Tensor hidden = hidden_in.contiguous();
   const at::Tensor alphas = alphas_in.contiguous();

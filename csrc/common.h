@@ -37,4 +37,16 @@ inline at::Tensor checked_lengths(const c10::optional<at::Tensor>& lengths, cons
   return l.to(at::kLong).contiguous();
 }
 
+// Every value of `len` (from checked_lengths; undefined: no lengths) in [0, T]. The kernels index frames by
+// these lengths, so an out-of-range one must be an error, never a clamp that hides a caller's bug. CUDA
+// lengths are copied to the host for the check: B values, but the copy waits for the device.
+inline void check_lengths_range(const at::Tensor& len, int64_t T, const char* op) {
+  if (!len.defined()) return;
+  const at::Tensor h = len.is_cpu() ? len : len.cpu();
+  const int64_t* lp = h.data_ptr<int64_t>();
+  for (int64_t b = 0; b < h.size(0); ++b)
+    TORCH_CHECK(lp[b] >= 0 && lp[b] <= T, op, ": lengths[", b, "] = ", lp[b], " is outside [0, T = ", T,
+                "]; lengths must be in [0, T], the valid frames of each padded item");
+}
+
 }  // namespace paraformer_ext

@@ -53,4 +53,42 @@ inline void check_bias(const c10::optional<at::Tensor>& bias, const at::Tensor& 
   check_same_device(*bias, x, op, "bias", "x");
 }
 
+// Everything fsmn_memory reads, checked (the same on both backends): x, weight, left, residual, bias, and the
+// lengths as an int64 tensor in [0, T] (undefined when absent).
+struct FsmnArgs {
+  FsmnShape s;
+  at::Tensor len;
+};
+
+inline FsmnArgs check_fsmn_forward_args(const at::Tensor& x, const at::Tensor& weight,
+                                        const c10::optional<at::Tensor>& lengths, int64_t left,
+                                        const c10::optional<at::Tensor>& residual,
+                                        const c10::optional<at::Tensor>& bias, const char* op) {
+  const FsmnShape s = check_fsmn_args(x, weight, left, op);
+  check_residual(residual, x, op);
+  check_bias(bias, x, op);
+  at::Tensor len = checked_lengths(lengths, x, s.B, op);
+  check_lengths_range(len, s.T, op);
+  return {s, len};
+}
+
+// fsmn_memory_weight_grad: grad_out like x (B, T, D), a kernel of kernel_size taps with `left` of them to the
+// left, lengths as in the forward.
+inline FsmnArgs check_fsmn_weight_grad_args(const at::Tensor& grad, const at::Tensor& x,
+                                            const c10::optional<at::Tensor>& lengths, int64_t left,
+                                            int64_t kernel_size, const char* op) {
+  TORCH_CHECK(grad.sizes() == x.sizes(), op, ": grad_out ", grad.sizes(), " and x ", x.sizes(),
+              " must have the same shape");
+  TORCH_CHECK(grad.scalar_type() == x.scalar_type(), op, ": grad_out and x must have the same dtype");
+  TORCH_CHECK(x.dim() == 3, op, ": x must be (B, T, D), got ", x.sizes());
+  check_float_tensor(x, op, "x");
+  check_same_device(grad, x, op, "grad_out", "x");
+  TORCH_CHECK(kernel_size >= 1 && left >= 0 && left < kernel_size, op, ": need 0 <= left < kernel_size, got left=",
+              left, " kernel_size=", kernel_size);
+  const FsmnShape s{x.size(0), x.size(1), x.size(2), kernel_size, left};
+  at::Tensor len = checked_lengths(lengths, x, s.B, op);
+  check_lengths_range(len, s.T, op);
+  return {s, len};
+}
+
 }  // namespace paraformer_ext

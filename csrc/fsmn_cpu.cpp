@@ -81,22 +81,11 @@ void fsmn_weight_grad_kernel(const scalar_t* g, const scalar_t* x, const int64_t
   });
 }
 
-void check_lengths_range(const at::Tensor& len, int64_t T, const char* op) {
-  if (!len.defined()) return;
-  const int64_t* lp = len.data_ptr<int64_t>();
-  for (int64_t b = 0; b < len.size(0); ++b)
-    TORCH_CHECK(lp[b] >= 0 && lp[b] <= T, op, ": lengths[", b, "] = ", lp[b], " is outside [0, T = ", T, "]");
-}
-
 at::Tensor fsmn_memory_cpu(const at::Tensor& x_in, const at::Tensor& weight_in, const c10::optional<at::Tensor>& lengths,
                            int64_t left, const c10::optional<at::Tensor>& residual_in,
                            const c10::optional<at::Tensor>& bias_in) {
   const char* op = "paraformer_ext.fsmn_memory";
-  const FsmnShape s = check_fsmn_args(x_in, weight_in, left, op);
-  check_residual(residual_in, x_in, op);
-  check_bias(bias_in, x_in, op);
-  const at::Tensor len = checked_lengths(lengths, x_in, s.B, op);
-  check_lengths_range(len, s.T, op);
+  const auto [s, len] = check_fsmn_forward_args(x_in, weight_in, lengths, left, residual_in, bias_in, op);
   const at::Tensor x = channels_contiguous(x_in);
   const at::Tensor w = weight_in.contiguous();
   at::Tensor residual, bias;
@@ -118,16 +107,7 @@ at::Tensor fsmn_memory_cpu(const at::Tensor& x_in, const at::Tensor& weight_in, 
 at::Tensor fsmn_memory_weight_grad_cpu(const at::Tensor& grad_in, const at::Tensor& x_in,
                                        const c10::optional<at::Tensor>& lengths, int64_t left, int64_t kernel_size) {
   const char* op = "paraformer_ext.fsmn_memory_weight_grad";
-  TORCH_CHECK(grad_in.sizes() == x_in.sizes(), op, ": grad_out ", grad_in.sizes(), " and x ", x_in.sizes(),
-              " must have the same shape");
-  TORCH_CHECK(grad_in.scalar_type() == x_in.scalar_type(), op, ": grad_out and x must have the same dtype");
-  TORCH_CHECK(x_in.dim() == 3, op, ": x must be (B, T, D), got ", x_in.sizes());
-  check_float_tensor(x_in, op, "x");
-  TORCH_CHECK(kernel_size >= 1 && left >= 0 && left < kernel_size, op, ": need 0 <= left < kernel_size, got left=",
-              left, " kernel_size=", kernel_size);
-  const FsmnShape s{x_in.size(0), x_in.size(1), x_in.size(2), kernel_size, left};
-  const at::Tensor len = checked_lengths(lengths, x_in, s.B, op);
-  check_lengths_range(len, s.T, op);
+  const auto [s, len] = check_fsmn_weight_grad_args(grad_in, x_in, lengths, left, kernel_size, op);
   const at::Tensor g = grad_in.contiguous(), x = x_in.contiguous();
   const auto acc_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor gw = at::zeros({s.D, s.K}, x.options().dtype(acc_dtype));

@@ -178,12 +178,10 @@ at::Tensor fsmn_memory_cuda(const at::Tensor& x_in, const at::Tensor& weight, co
                             int64_t left, const c10::optional<at::Tensor>& residual_in,
                             const c10::optional<at::Tensor>& bias_in) {
   const char* op = "paraformer_ext.fsmn_memory";
-  const FsmnShape s = check_fsmn_args(x_in, weight, left, op);
-  check_residual(residual_in, x_in, op);
-  check_bias(bias_in, x_in, op);
   const at::cuda::OptionalCUDAGuard guard(x_in.device());
-  // Lengths are clamped to [0, T] in the kernel: validating them here would cost a device sync per call.
-  const at::Tensor len = checked_lengths(lengths, x_in, s.B, op);
+  // The lengths are checked on the host (a copy of B values) as on the CPU: an out-of-range one is an error on
+  // both backends. The kernels' clamp_len then never changes a value.
+  const auto [s, len] = check_fsmn_forward_args(x_in, weight, lengths, left, residual_in, bias_in, op);
   const at::Tensor x = channels_contiguous(x_in);
   const at::Tensor wt = weight.t().contiguous();  // (K, D): taps are contiguous over channels
   at::Tensor residual, bias;
@@ -212,17 +210,8 @@ at::Tensor fsmn_memory_cuda(const at::Tensor& x_in, const at::Tensor& weight, co
 at::Tensor fsmn_memory_weight_grad_cuda(const at::Tensor& grad_in, const at::Tensor& x_in,
                                         const c10::optional<at::Tensor>& lengths, int64_t left, int64_t kernel_size) {
   const char* op = "paraformer_ext.fsmn_memory_weight_grad";
-  TORCH_CHECK(grad_in.sizes() == x_in.sizes(), op, ": grad_out ", grad_in.sizes(), " and x ", x_in.sizes(),
-              " must have the same shape");
-  TORCH_CHECK(grad_in.scalar_type() == x_in.scalar_type(), op, ": grad_out and x must have the same dtype");
-  TORCH_CHECK(x_in.dim() == 3, op, ": x must be (B, T, D), got ", x_in.sizes());
-  check_float_tensor(x_in, op, "x");
-  check_same_device(grad_in, x_in, op, "grad_out", "x");
-  TORCH_CHECK(kernel_size >= 1 && left >= 0 && left < kernel_size, op, ": need 0 <= left < kernel_size, got left=",
-              left, " kernel_size=", kernel_size);
   const at::cuda::OptionalCUDAGuard guard(x_in.device());
-  const FsmnShape s{x_in.size(0), x_in.size(1), x_in.size(2), kernel_size, left};
-  const at::Tensor len = checked_lengths(lengths, x_in, s.B, op);
+  const auto [s, len] = check_fsmn_weight_grad_args(grad_in, x_in, lengths, left, kernel_size, op);
   const at::Tensor g = grad_in.contiguous(), x = x_in.contiguous();
   const auto acc_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor gw = at::zeros({s.D, s.K}, x.options().dtype(acc_dtype));

@@ -1,20 +1,82 @@
 #pragma once
 // Int8 (W8A8) linear building blocks: argument checks shared by the CPU and CUDA kernels, and the one
-// scalar rule both backends quantize with. The conventions (paraformer_ext/ops/int8.py) are bit-exact
-// with the plain-PyTorch references, so every rounding step here is spelled out.
+// per-row quantization rule every int8 op quantizes with (out_proj's int8 path too). The conventions
+// (paraformer_ext/ops/int8.py) are bit-exact with the plain-PyTorch references, so every rounding step here
+// is spelled out.
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <utility>
+
 #include "common.h"
 
 namespace paraformer_ext {
 namespace int8 {
 
-// The last step of quantization, shared so that CPU and CUDA agree on every input, NaN included: v = x / s
-// is clamped to [-127, 127] with comparisons that send NaN to +127 (a NaN never compares less than 127), so
-// the later float -> int conversion is always defined. The caller rounds half to even afterwards; clamping
-// first gives the same result as rounding first because the bounds are integers.
+// --- the per-row quantization rule: the one copy, used by int8_{cpu,cuda} and out_proj_{cpu,cuda} ----------
+// scale = absmax / 127 (an IEEE division: --use_fast_math must not turn it into a reciprocal and move a
+// rounding boundary), q = round_half_even(clamp(x / scale, -127, 127)), a zero scale gives q = 0. A NaN in
+// the row makes absmax NaN (see abs_bits), so its scale is NaN and every quotient NaN; the clamp's
+// comparisons send NaN to +127, so the float -> int conversion is always defined and both backends agree.
+
+// |v| as an unsigned integer: non-negative floats order like their bit patterns, so an integer max finds
+// absmax, vectorises on the CPU where a float max with its NaN rules does not, and lets a NaN (bits above
+// +inf) win, as torch's amax does in the reference.
+PFX_HD uint32_t abs_bits(float v) {
+#ifdef __CUDA_ARCH__
+  return __float_as_uint(v) & 0x7fffffffu;
+#else
+  return std::bit_cast<uint32_t>(v) & 0x7fffffffu;
+#endif
+}
+
+// The scale of a row from the max of its abs_bits.
+PFX_HD float scale_from_abs_bits(uint32_t amax_bits) {
+#ifdef __CUDA_ARCH__
+  return __fdiv_rn(__uint_as_float(amax_bits), 127.f);
+#else
+  return std::bit_cast<float>(amax_bits) / 127.f;
+#endif
+}
+
+// v = x / s clamped to [-127, 127] with comparisons that send NaN to +127 (a NaN never compares less than
+// 127). Clamping before rounding gives the same result as after because the bounds are integers.
 PFX_HD float clamp_q(float v) {
   v = v < 127.f ? v : 127.f;
   v = v > -127.f ? v : -127.f;
   return v;
+}
+
+// One value with its row's scale s; s == 0 (an all-zero row) gives 0.
+PFX_HD int8_t quantize_value(float x, float s) {
+  if (s == 0.f) return 0;
+#ifdef __CUDA_ARCH__
+  return static_cast<int8_t>(__float2int_rn(clamp_q(__fdiv_rn(x, s))));
+#else
+  return static_cast<int8_t>(static_cast<int32_t>(std::nearbyint(clamp_q(x / s))));  // half to even
+#endif
+}
+
+// Host: the scale of a row of n values of any float type (read as float32).
+template <typename T>
+inline float row_scale(const T* x, int64_t n) {
+  uint32_t r = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t u = abs_bits(static_cast<float>(x[i]));
+    r = u > r ? u : r;
+  }
+  return scale_from_abs_bits(r);
+}
+
+// Host: q[0, n) of a row with its scale s (from row_scale).
+template <typename T>
+inline void quantize_row(const T* x, int64_t n, float s, int8_t* q) {
+  if (s == 0.f) {  // hoisted, so the loop below stays branch-free
+    std::memset(q, 0, n);
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) q[i] = quantize_value(static_cast<float>(x[i]), s);
 }
 
 inline void check_activation(const at::Tensor& x, const char* op, const char* name) {
@@ -115,6 +177,25 @@ inline LnArgs check_ln_args(const c10::optional<at::Tensor>& weight, const c10::
   ln.bias = float_vector(bias, n, like, like_name, op, bname, n_name);
   ln.eps = static_cast<float>(eps);
   return ln;
+}
+
+// The checks of every op that quantizes activations x (M, K), with an optional LayerNorm over K whose
+// parameters are called wname / bname in the messages (as the op's schema names them).
+inline LnArgs check_activation_ln(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+                                  const c10::optional<at::Tensor>& bias, double eps, const char* op,
+                                  const char* wname = "weight", const char* bname = "bias") {
+  check_activation(x, op, "x");
+  return check_ln_args(weight, bias, eps, x.size(1), x, "x", op, wname, bname, "K");
+}
+
+// The checks of int8_linear_epilogue_quantize: the epilogue's inputs, then a LayerNorm over its N columns.
+inline std::pair<EpilogueArgs, LnArgs> check_epilogue_quantize_args(
+    const at::Tensor& acc, const at::Tensor& row_scale, const at::Tensor& col_scale,
+    const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& ln_weight,
+    const c10::optional<at::Tensor>& ln_bias, double eps, const char* op) {
+  EpilogueArgs a = check_epilogue_args(acc, row_scale, col_scale, bias, op);
+  LnArgs ln = check_ln_args(ln_weight, ln_bias, eps, a.N, a.acc, "acc", op, "ln_weight", "ln_bias", "N");
+  return {std::move(a), std::move(ln)};
 }
 
 // The kernels index rows and columns with 32-bit grid coordinates in places; refuse what cannot fit.

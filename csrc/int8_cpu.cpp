@@ -69,31 +69,6 @@ inline void narrow(const float* y, c10::BFloat16* out, int64_t n) {
 
 // --- row passes ---------------------------------------------------------------------------------------------
 
-// max |h[i]|. Non-negative floats order like their bit patterns as unsigned integers, and an integer max
-// vectorises where a float one (with its NaN rules) does not; a NaN (bits above +inf) wins, so a row holding
-// NaN gets a NaN scale, as torch's amax gives the reference.
-inline float absmax(const float* h, int64_t n) {
-  uint32_t r = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    uint32_t u;
-    std::memcpy(&u, h + i, sizeof(u));
-    u &= 0x7fffffffu;
-    r = u > r ? u : r;
-  }
-  float f;
-  std::memcpy(&f, &r, sizeof(f));
-  return f;
-}
-
-inline void quantize_row(const float* h, int64_t n, float s, int8_t* q) {
-  if (s == 0.f) {  // all-zero row (the reference's where(s == 0, 0, ...))
-    std::memset(q, 0, n);
-    return;
-  }
-  for (int64_t i = 0; i < n; ++i)
-    q[i] = static_cast<int8_t>(static_cast<int32_t>(std::nearbyint(int8::clamp_q(h[i] / s))));
-}
-
 inline double lane_sum(const double (&acc)[kLanes], double tail) {
   for (int j = 0; j < kLanes; ++j) tail += acc[j];
   return tail;
@@ -206,14 +181,14 @@ void quantize_rows_kernel(const Source& src, int64_t M, int64_t N, const LnPtrs&
     for (int64_t m = begin; m < end; ++m) {
       src(m, h.data(), N);
       if (ln.w) layer_norm_row(h.data(), N, ln);
-      const float s = absmax(h.data(), N) / 127.f;
+      const float s = int8::row_scale(h.data(), N);
       scale[m] = s;
-      quantize_row(h.data(), N, s, q + m * N);
+      int8::quantize_row(h.data(), N, s, q + m * N);
       if (q_lo) {
         residual_row(h.data(), N, q + m * N, s);
-        const float s_lo = absmax(h.data(), N) / 127.f;
+        const float s_lo = int8::row_scale(h.data(), N);
         scale_lo[m] = s_lo;
-        quantize_row(h.data(), N, s_lo, q_lo + m * N);
+        int8::quantize_row(h.data(), N, s_lo, q_lo + m * N);
       }
     }
   });
@@ -280,9 +255,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_rows_split_cpu(const at:
                                                                       const c10::optional<at::Tensor>& ln_bias,
                                                                       double eps) {
   const char* op = "paraformer_ext.quantize_rows_split";
-  int8::check_activation(x_in, op, "x");
-  const int8::LnArgs ln = int8::check_ln_args(ln_weight, ln_bias, eps, x_in.size(1), x_in, "x", op, "ln_weight",
-                                              "ln_bias", "K");
+  const int8::LnArgs ln = int8::check_activation_ln(x_in, ln_weight, ln_bias, eps, op, "ln_weight", "ln_bias");
   const at::Tensor x = int8::last_dim_contiguous(x_in);
   const int64_t M = x.size(0), K = x.size(1);
   int8::check_row_length(K, op, "K");
@@ -309,8 +282,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows_cpu(const at::Tensor& x) {
 std::tuple<at::Tensor, at::Tensor> layer_norm_quantize_rows_cpu(const at::Tensor& x, const at::Tensor& weight,
                                                                 const at::Tensor& bias, double eps) {
   const char* op = "paraformer_ext.layer_norm_quantize_rows";
-  int8::check_activation(x, op, "x");
-  const int8::LnArgs ln = int8::check_ln_args(weight, bias, eps, x.size(1), x, "x", op, "weight", "bias", "K");
+  const int8::LnArgs ln = int8::check_activation_ln(x, weight, bias, eps, op);
   return activation_quantize(x, ln, op);
 }
 
@@ -338,9 +310,8 @@ std::tuple<at::Tensor, at::Tensor> int8_linear_epilogue_quantize_cpu(
     const c10::optional<at::Tensor>& bias, bool relu, const c10::optional<at::Tensor>& ln_weight,
     const c10::optional<at::Tensor>& ln_bias, double eps) {
   const char* op = "paraformer_ext.int8_linear_epilogue_quantize";
-  const int8::EpilogueArgs a = int8::check_epilogue_args(acc, row_scale, col_scale, bias, op);
-  const int8::LnArgs ln =
-      int8::check_ln_args(ln_weight, ln_bias, eps, a.N, a.acc, "acc", op, "ln_weight", "ln_bias", "N");
+  const auto [a, ln] =
+      int8::check_epilogue_quantize_args(acc, row_scale, col_scale, bias, ln_weight, ln_bias, eps, op);
   int8::check_row_length(a.N, op, "N");
   at::Tensor q = at::empty({a.M, a.N}, a.acc.options().dtype(at::kChar));
   at::Tensor scale = at::empty({a.M}, a.acc.options().dtype(at::kFloat));

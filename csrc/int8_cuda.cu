@@ -96,10 +96,6 @@ __device__ __forceinline__ float block_reduce(float v, float* scratch) {
   return r;
 }
 
-// max |v| through the float's bit pattern: non-negative floats order like unsigned integers, and a NaN (bits
-// above +inf) wins, so a row holding NaN gets a NaN scale exactly as on the CPU and in the reference.
-__device__ __forceinline__ unsigned int abs_bits(float v) { return __float_as_uint(v) & 0x7fffffffu; }
-
 __device__ __forceinline__ unsigned int block_max_bits(unsigned int v, unsigned int* scratch) {
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, off));
@@ -111,10 +107,6 @@ __device__ __forceinline__ unsigned int block_max_bits(unsigned int v, unsigned 
   for (int w = 1; w < n_warps; ++w) r = max(r, scratch[w]);
   __syncthreads();
   return r;
-}
-
-__device__ __forceinline__ int8_t quantize_value(float v, float s) {
-  return static_cast<int8_t>(__float2int_rn(int8::clamp_q(__fdiv_rn(v, s))));
 }
 
 // One block per row (grid-stride over rows). kCached keeps the row (N floats) in shared memory between
@@ -159,7 +151,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
 #pragma unroll
       for (int i = 0; i < VEC; ++i) {
         lsum = __fadd_rn(lsum, v[i]);
-        amax = max(amax, abs_bits(v[i]));
+        amax = max(amax, int8::abs_bits(v[i]));
       }
     }
     if (has_ln) {
@@ -192,10 +184,10 @@ __global__ void __launch_bounds__(kMaxRowThreads)
           fetch(g, v, true);
         }
 #pragma unroll
-        for (int i = 0; i < VEC; ++i) amax = max(amax, abs_bits(v[i]));
+        for (int i = 0; i < VEC; ++i) amax = max(amax, int8::abs_bits(v[i]));
       }
     }
-    const float s = __fdiv_rn(__uint_as_float(block_max_bits(amax, scratch_bits)), 127.f);
+    const float s = int8::scale_from_abs_bits(block_max_bits(amax, scratch_bits));
     if (threadIdx.x == 0) scale[m] = s;
     int8_t* qrow = q + m * N;
     // Split activations: r = v - float(q) * s (product rounded, then the difference, as the reference does),
@@ -203,7 +195,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
     auto quantized = [&](int64_t g, float (&v)[VEC], int8_t (&o)[VEC]) {
       fetch(g, v, has_ln);
 #pragma unroll
-      for (int i = 0; i < VEC; ++i) o[i] = s == 0.f ? int8_t(0) : quantize_value(v[i], s);
+      for (int i = 0; i < VEC; ++i) o[i] = int8::quantize_value(v[i], s);
     };
     auto rounding_error = [&](float (&v)[VEC], const int8_t (&o)[VEC]) {
 #pragma unroll
@@ -219,11 +211,11 @@ __global__ void __launch_bounds__(kMaxRowThreads)
         rounding_error(v, o);
         if constexpr (kCached) store_vec<float, VEC>(row + g * VEC, v);
 #pragma unroll
-        for (int i = 0; i < VEC; ++i) amax_lo = max(amax_lo, abs_bits(v[i]));
+        for (int i = 0; i < VEC; ++i) amax_lo = max(amax_lo, int8::abs_bits(v[i]));
       }
     }
     if (q_lo == nullptr) continue;
-    const float s_lo = __fdiv_rn(__uint_as_float(block_max_bits(amax_lo, scratch_bits)), 127.f);
+    const float s_lo = int8::scale_from_abs_bits(block_max_bits(amax_lo, scratch_bits));
     if (threadIdx.x == 0) scale_lo[m] = s_lo;
     int8_t* qlo_row = q_lo + m * N;
     for (int64_t g = threadIdx.x; g < groups; g += blockDim.x) {
@@ -237,7 +229,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
       }
       int8_t o[VEC];
 #pragma unroll
-      for (int i = 0; i < VEC; ++i) o[i] = s_lo == 0.f ? int8_t(0) : quantize_value(v[i], s_lo);
+      for (int i = 0; i < VEC; ++i) o[i] = int8::quantize_value(v[i], s_lo);
       store_vec<int8_t, VEC>(qlo_row + g * VEC, o);
     }
   }
@@ -330,8 +322,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows_cuda(const at::Tensor& x) {
 std::tuple<at::Tensor, at::Tensor> layer_norm_quantize_rows_cuda(const at::Tensor& x, const at::Tensor& weight,
                                                                  const at::Tensor& bias, double eps) {
   const char* op = "paraformer_ext.layer_norm_quantize_rows";
-  int8::check_activation(x, op, "x");
-  const int8::LnArgs ln = int8::check_ln_args(weight, bias, eps, x.size(1), x, "x", op, "weight", "bias", "K");
+  const int8::LnArgs ln = int8::check_activation_ln(x, weight, bias, eps, op);
   return activation_quantize(x, ln, op);
 }
 
@@ -340,9 +331,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_rows_split_cuda(const at
                                                                        const c10::optional<at::Tensor>& ln_bias,
                                                                        double eps) {
   const char* op = "paraformer_ext.quantize_rows_split";
-  int8::check_activation(x, op, "x");
-  const int8::LnArgs ln = int8::check_ln_args(ln_weight, ln_bias, eps, x.size(1), x, "x", op, "ln_weight",
-                                              "ln_bias", "K");
+  const int8::LnArgs ln = int8::check_activation_ln(x, ln_weight, ln_bias, eps, op, "ln_weight", "ln_bias");
   at::Tensor scale_lo;
   auto [q, scale] = activation_quantize(x, ln, op, &scale_lo);
   return {q, scale, scale_lo};
@@ -364,9 +353,8 @@ std::tuple<at::Tensor, at::Tensor> int8_linear_epilogue_quantize_cuda(
     const c10::optional<at::Tensor>& ln_bias, double eps) {
   const char* op = "paraformer_ext.int8_linear_epilogue_quantize";
   // Checks (devices included) come before the guard: a CPU acc reaching this kernel must fail them cleanly.
-  const int8::EpilogueArgs a = int8::check_epilogue_args(acc, row_scale, col_scale, bias, op);
-  const int8::LnArgs ln =
-      int8::check_ln_args(ln_weight, ln_bias, eps, a.N, a.acc, "acc", op, "ln_weight", "ln_bias", "N");
+  const auto [a, ln] =
+      int8::check_epilogue_quantize_args(acc, row_scale, col_scale, bias, ln_weight, ln_bias, eps, op);
   check_on_cuda(a.acc, op);
   const at::cuda::CUDAGuard guard(a.acc.device());
   int8::check_row_length(a.N, op, "N");

@@ -12,6 +12,7 @@
 #include <bit>
 #include <cstdint>
 
+#include "int8.h"
 #include "out_proj.h"
 
 namespace paraformer_ext {
@@ -91,31 +92,13 @@ void dequantize_row(const int32_t* acc, float xs, const float* ws, const float* 
     for (int64_t j = 0; j < n; ++j) out[j] += bias[j];
 }
 
-// Per-row symmetric int8: scale = absmax / 127, q = round-half-even(x / scale) clamped to +-127; an all-zero
-// row gets scale 0 and q = 0; a row with inf or NaN gets scale NaN (its logits, hence logp, are NaN).
+// Per-row int8 of x by the one rule of int8.h (ops/int8.py's quantize_rows), so that the int8 logits are
+// those of an int8 linear.
 template <typename scalar_t>
 void quantize_rows(const scalar_t* x, int64_t sx, int64_t rows, int64_t D, int8_t* q, float* scale) {
   for (int64_t r = 0; r < rows; ++r) {
-    const scalar_t* xr = x + r * sx;
-    int8_t* qr = q + r * D;
-    float amax = 0.0f;
-    bool finite = true;
-    for (int64_t d = 0; d < D; ++d) {
-      const float a = std::fabs(static_cast<float>(xr[d]));
-      finite &= a <= std::numeric_limits<float>::max();
-      amax = a > amax ? a : amax;
-    }
-    const float s = finite ? amax / 127.0f : std::numeric_limits<float>::quiet_NaN();
-    scale[r] = s;
-    if (!(s > 0.0f)) {  // zero row (or absmax so small that absmax / 127 is 0), inf or NaN: q = 0
-      std::fill(qr, qr + D, int8_t(0));
-      continue;
-    }
-    for (int64_t d = 0; d < D; ++d) {
-      float v = std::nearbyint(static_cast<float>(xr[d]) / s);
-      v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
-      qr[d] = static_cast<int8_t>(v);
-    }
+    scale[r] = int8::row_scale(x + r * sx, D);
+    int8::quantize_row(x + r * sx, D, scale[r], q + r * D);
   }
 }
 

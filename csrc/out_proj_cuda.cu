@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "cuda_utils.cuh"
+#include "int8.h"
 #include "out_proj.h"
 
 namespace paraformer_ext {
@@ -76,9 +77,8 @@ __global__ void lse_update_kernel(const tile_t* __restrict__ tile, int64_t ld, i
   }
 }
 
-// Per-row symmetric int8 (same rule as the CPU: scale = absmax / 127, q = round-half-even(x / scale) clamped
-// to +-127; zero row: scale 0; a row with inf or NaN: scale NaN, q = 0). Division with __fdiv_rn so
-// --use_fast_math cannot turn it into an approximate reciprocal and move a rounding boundary.
+// Per-row int8 by the one rule of int8.h (ops/int8.py's quantize_rows), a warp per row: the max of
+// int8::abs_bits over the row, then every value with the row's scale.
 template <typename scalar_t>
 __global__ void quantize_rows_kernel(const scalar_t* __restrict__ x, int64_t sx, int64_t rows, int64_t D,
                                      int8_t* __restrict__ q, float* __restrict__ scale) {
@@ -86,24 +86,13 @@ __global__ void quantize_rows_kernel(const scalar_t* __restrict__ x, int64_t sx,
   const int64_t r = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
   if (r >= rows) return;
   const scalar_t* xr = x + r * sx;
-  float amax = 0.0f;
-  bool finite = true;
-  for (int64_t d = lane; d < D; d += 32) {
-    const float a = fabsf(static_cast<float>(xr[d]));
-    finite &= a <= 3.402823466e38f;
-    amax = fmaxf(amax, a);
-  }
+  unsigned int amax = 0;
+  for (int64_t d = lane; d < D; d += 32) amax = max(amax, int8::abs_bits(static_cast<float>(xr[d])));
 #pragma unroll
-  for (int off = 16; off > 0; off >>= 1) amax = fmaxf(amax, __shfl_xor_sync(kFullMask, amax, off));
-  finite = __all_sync(kFullMask, finite);
-  const float s = finite ? __fdiv_rn(amax, 127.0f) : __int_as_float(0x7fc00000);
-  const bool zero = !finite || s == 0.0f;
+  for (int off = 16; off > 0; off >>= 1) amax = max(amax, __shfl_xor_sync(kFullMask, amax, off));
+  const float s = int8::scale_from_abs_bits(amax);
   int8_t* qr = q + r * D;
-  for (int64_t d = lane; d < D; d += 32) {
-    float v = zero ? 0.0f : rintf(__fdiv_rn(static_cast<float>(xr[d]), s));
-    v = fminf(fmaxf(v, -127.0f), 127.0f);
-    qr[d] = static_cast<int8_t>(static_cast<int>(v));
-  }
+  for (int64_t d = lane; d < D; d += 32) qr[d] = int8::quantize_value(static_cast<float>(xr[d]), s);
   if (lane == 0) scale[r] = s;
 }
 

@@ -122,11 +122,12 @@ def _list(keys: list[str], limit: int = 12) -> str:
     return head + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def load_state_dict_strict(module: torch.nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
-    """Copy `sd` into `module`; any missing key, unexpected key or shape mismatch is an error naming them
-    (except a missing `decoder.embed`, see `fill_training_embed`)."""
+def load_state_dict_strict(module: torch.nn.Module, sd: dict[str, torch.Tensor], source: str, prefix: str = "") -> None:
+    """Copy `sd` into `module`; any missing key, unexpected key or shape mismatch is a ModelLoadError naming
+    them (except a missing `decoder.embed`, see `fill_training_embed`). `source` names the file in the
+    message; `prefix` is what sd's keys carry before the module's own (FunASR's VAD checkpoint: "encoder.")."""
     sd = fill_training_embed(module, sd, source)
-    own = module.state_dict()
+    own = {prefix + k: t for k, t in module.state_dict().items()}
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     mismatched = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .masks import length_mask
+
 FLT_EPSILON = float(torch.finfo(torch.float32).eps)  # Kaldi's log floor: log(1.1920929e-07) = -15.942385
 PREEMPHASIS = 0.97
 LOW_FREQ = 20.0  # Kaldi's mel low cut-off (Hz); high cut-off 0 means Nyquist
@@ -457,7 +459,7 @@ def kaldi_fbank(
                              generator, out, torch.tensor([b], device=dev))
     counts_t = torch.tensor(counts, dtype=torch.int64, device=dev)
     if T:
-        valid = torch.arange(T, device=dev)[None, :] < counts_t[:, None]
+        valid = length_mask(counts_t, T)
         out.masked_fill_(~valid[:, :, None], 0.0)
         # NaN/inf samples inside an utterance surface as NaN/inf features (finite log-mels are within ±100)
         if not bool(torch.isfinite(out.sum())):
@@ -505,7 +507,7 @@ def apply_lfr(
     j = torch.minimum(j.clamp_min(0)[None], last)  # (B, T_out, m)
     j = j + (torch.arange(B, device=dev) * T)[:, None, None]
     out = feats.reshape(B * T, F).index_select(0, j.reshape(-1)).view(B, T_out, lfr_m * F)
-    valid = torch.arange(T_out, device=dev)[None, :] < out_lens[:, None]
+    valid = length_mask(out_lens, T_out)
     return out.masked_fill_(~valid[:, :, None], 0.0), out_lens
 
 
@@ -534,7 +536,7 @@ def _cmvn(feats, cmvn, lengths, inplace):
         out = feats.to(torch.float32) + c[0]
     out.mul_(c[1])
     if lengths is not None:
-        valid = torch.arange(feats.size(1), device=feats.device)[None, :] < lengths.to(feats.device)[:, None]
+        valid = length_mask(lengths, feats.size(1), feats.device)
         out.masked_fill_(~valid[:, :, None], 0.0)
     return out
 

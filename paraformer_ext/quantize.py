@@ -230,7 +230,9 @@ def default_int8_path(weights: Path) -> Path:
         return folder / INT8_FILE
     import hashlib
 
-    cache = Path(os.environ.get("PARAFORMER_EXT_CACHE", Path.home() / ".cache" / "paraformer_ext")) / "int8"
+    from .paths import cache_dir
+
+    cache = cache_dir() / "int8"
     cache.mkdir(parents=True, exist_ok=True)
     return cache / (hashlib.sha256(str(Path(weights).resolve()).encode()).hexdigest()[:16] + ".pt")
 

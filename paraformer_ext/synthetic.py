@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
+
+from .paths import cache_dir
 
 PRESETS = {
     # the public paraformer-large geometry
@@ -179,10 +180,6 @@ def make_random_model(out_dir: str | Path, preset: str = "small", seed: int = 0,
     return out
 
 
-def default_cache() -> Path:
-    return Path(os.environ.get("PARAFORMER_EXT_CACHE", Path.home() / ".cache" / "paraformer_ext"))
-
-
 def run_demo(a) -> int:
     """`paraformer-ext demo`: build the random model and synthetic audio, transcribe with the compiled
     kernels and with the reference, and compare."""
@@ -191,7 +188,7 @@ def run_demo(a) -> int:
     from ._ext import use_kernels as resolve_kernels
     from .recognizer import load
 
-    work = Path(a.workdir) if a.workdir else default_cache() / "demo"
+    work = Path(a.workdir) if a.workdir else cache_dir() / "demo"
     model_dir = work / f"model_{a.preset}"
     if not (model_dir / "model.pt").exists():
         print(f"building a random-weight '{a.preset}' Paraformer in {model_dir} ...", flush=True)

@@ -145,6 +145,22 @@ def test_bad_inputs_raise_clear_errors():
         fsmn_memory_fn(x, torch.randn(8, 3), torch.tensor([5.0, 2.0]))
 
 
+@pytest.mark.skipif(not has_kernels(), reason="compiled extension not built")
+def test_out_of_range_lengths_raise_on_every_backend(device):
+    """lengths must be in [0, T] for the op and its weight gradient; CUDA checks them on the host like the
+    CPU instead of clamping them in the kernel."""
+    x = torch.randn(2, 5, 8, device=device)
+    w = torch.randn(8, 3, device=device)
+    for bad in ([5, 6], [-1, 2]):
+        lengths = torch.tensor(bad, device=device)
+        with pytest.raises(RuntimeError, match=r"lengths\[\d\] = -?\d is outside \[0, T = 5\]"):
+            fsmn_memory_fn(x, w, lengths)
+        with pytest.raises(RuntimeError, match=r"is outside \[0, T = 5\]"):
+            torch.ops.paraformer_ext.fsmn_memory_weight_grad(x, x, lengths, 1, 3)
+    ok = torch.tensor([0, 5], device=device)  # both ends of the range are valid
+    assert torch.equal(fsmn_memory_fn(x, w, ok)[0], torch.zeros_like(x[0]))
+
+
 def test_dispatch_falls_back_to_reference():
     x = torch.randn(1, 6, 4)
     w = torch.randn(4, 11)

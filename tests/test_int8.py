@@ -416,6 +416,23 @@ def test_int8_linear_split_kernels_equal_reference(device):
         assert got.dtype == dt and torch.equal(got.cpu(), want.cpu())
 
 
+@pytest.mark.parametrize("kernels", [False, pytest.param(True, marks=needs_kernels)])
+def test_int8_linear_split_adds_residual_in_float32(device, kernels):
+    """The epilogue's rule, as in int8_linear: act(...) + residual in float32, rounded to out_dtype once.
+    Casting first and adding the residual in bfloat16 rounds twice, which moves many outputs."""
+    g = _gen(5)
+    x = torch.randn(3, 40, 128, generator=g).to(device)
+    wq, ws = I.quantize_weight_ref(torch.randn(64, 128, generator=g).to(device))
+    bias = torch.randn(64, generator=g).to(device)
+    res = (torch.randn(3, 40, 64, generator=g) * 7).to(device, torch.bfloat16)
+    for relu in (False, True):
+        y = I.int8_linear_split(x, wq, ws, bias, None, relu, torch.float32, kernels=kernels)
+        want = (y + res.float()).to(torch.bfloat16)
+        got = I.int8_linear_split(x, wq, ws, bias, res, relu, torch.bfloat16, kernels=kernels)
+        assert got.dtype == torch.bfloat16 and torch.equal(got.cpu(), want.cpu())
+        assert not torch.equal(want, y.to(torch.bfloat16) + res)  # the test tells the two orders apart
+
+
 # --- opcheck and errors ---------------------------------------------------------------------------------------
 
 

@@ -2,19 +2,24 @@
 (float and int8 weights), strided inputs, exact ties, non-finite logits, bounded scratch memory, opcheck and
 bad inputs."""
 import math
+import sys
 
 import pytest
 import torch
 from torch import nn
 
+from conftest import REPO
 from paraformer_ext import has_kernels
+from paraformer_ext.ops.int8 import quantize_rows_ref
 from paraformer_ext.ops.out_proj import (
     out_proj_argmax,
     out_proj_argmax_fn,
     out_proj_argmax_ref,
     out_proj_logits_ref,
-    quantize_rows_ref,
 )
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from common import peak_cpu_alloc_bytes  # noqa: E402  (the benchmark measures scratch memory the same way)
 
 pytestmark = pytest.mark.skipif(not has_kernels(), reason="compiled extension not built")
 
@@ -264,8 +269,9 @@ def test_non_finite_logits(device, kind):
 
 
 def test_int8_quantization_rule():
-    """scale = absmax / 127, round half to even, zero row -> scale 0, inf -> scale NaN; the op reads the same
-    q back through one-hot weights (logits = q * scale): a q off by one would move logp."""
+    """ops/int8.py's rule: scale = absmax / 127, round half to even, zero row -> scale 0, inf -> scale inf
+    (finite / inf = 0, inf / inf = NaN -> +127); the op reads the same q back through one-hot weights
+    (logits = q * scale): a q off by one would move logp."""
     x = torch.tensor([
         [0.0, 0.0, 0.0, 0.0, 0.0],
         [1.0, -0.5, 0.25, 0.0, 0.0],
@@ -276,7 +282,7 @@ def test_int8_quantization_rule():
     assert s[0] == 0 and (q[0] == 0).all()
     assert s[1] == torch.tensor(1.0) / 127 and q[1].tolist() == [127, -64, 32, 0, 0]
     assert s[2] == 1 and q[2].tolist() == [127, 126, 126, -127, 0]
-    assert torch.isnan(s[3]) and (q[3] == 0).all()
+    assert s[3] == float("inf") and q[3].tolist() == [0, 127, 0, 0, 0]
     w, ws = torch.eye(5, dtype=torch.int8), torch.ones(5)
     ids, logp = out_proj_argmax_fn(x, w, None, ws)
     ref_ids, ref_logp = out_proj_argmax_ref(x, w, None, ws)
@@ -284,27 +290,6 @@ def test_int8_quantization_rule():
     assert (logp[:3] - ref_logp[:3]).abs().max() <= 1e-6 and torch.isnan(logp[3]) and torch.isnan(ref_logp[3])
     assert abs(logp[0].item() + math.log(5)) < 1e-6
     assert abs(logp[2].item() + math.log(1 + 2 * math.exp(-1))) < 1e-6  # away from zero would tie at 127
-
-
-def _peak_cpu_alloc(fn) -> int:
-    """Peak bytes held through torch's CPU allocator (all threads) during fn(), above what was held before,
-    from the profiler's memory records."""
-    import json
-    import tempfile
-    from pathlib import Path
-
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    with tempfile.TemporaryDirectory() as d:
-        prof.export_chrome_trace(str(Path(d) / "trace.json"))
-        events = json.loads((Path(d) / "trace.json").read_text())["traceEvents"]
-    mem = sorted((e for e in events if e.get("name") == "[memory]"), key=lambda e: e["ts"])
-    if not mem:
-        return 0
-    before = mem[0]["args"]["Total Allocated"] - mem[0]["args"]["Bytes"]
-    return max(e["args"]["Total Allocated"] for e in mem) - before
 
 
 def test_scratch_memory_does_not_grow_with_v_or_m():
@@ -317,9 +302,9 @@ def test_scratch_memory_does_not_grow_with_v_or_m():
         for kind in ("fp32", "int8"):
             x, w, b, ws = _inputs(M, 64, V, kind, "cpu", seed=9)
             out_proj_argmax_fn(x[:50], w, b, ws)  # first-call initialisation stays out of the measurement
-            peak = _peak_cpu_alloc(lambda: out_proj_argmax_fn(x, w, b, ws))
+            peak = peak_cpu_alloc_bytes(lambda: out_proj_argmax_fn(x, w, b, ws))
             assert 0 < peak <= bound and peak < logits_bytes / 10, (M, V, kind, peak)
-    assert _peak_cpu_alloc(lambda: out_proj_argmax_ref(x, w, b, ws)) >= logits_bytes  # the measurement works
+    assert peak_cpu_alloc_bytes(lambda: out_proj_argmax_ref(x, w, b, ws)) >= logits_bytes  # the measurement works
 
 
 def test_opcheck(device):

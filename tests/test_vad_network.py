@@ -115,7 +115,7 @@ def test_strict_loading_names_the_keys():
 
     missing = dict(good)
     del missing["encoder.fsmn.1.affine.linear.bias"]
-    with pytest.raises(ValueError, match=r"missing keys \['encoder.fsmn.1.affine.linear.bias'\]"):
+    with pytest.raises(ValueError, match=r"missing keys \(1\): encoder\.fsmn\.1\.affine\.linear\.bias\n"):
         FsmnVadEncoder(**SMALL).load_funasr_state_dict(missing)
 
     extra = dict(good, **{"encoder.fsmn.0.fsmn_block.conv_right.weight": torch.zeros(16, 1, 2, 1)})

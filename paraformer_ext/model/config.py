@@ -8,6 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+# FunASR's LayerNorm (funasr.models.transformer.layer_norm.LayerNorm): fixed by the architecture, not in
+# config.yaml. Here, in a module that imports nothing of the package, so that ops/ can default to it too.
+LAYER_NORM_EPS = 1e-12
+
 SUPPORTED = "model Paraformer with encoder SANMEncoder, predictor CifPredictorV2, decoder ParaformerSANMDecoder, frontend WavFrontend"
 
 # Classes FunASR registers for neighbouring models, with what they are, for a precise error message.

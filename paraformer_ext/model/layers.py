@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 from .._ext import use_kernels
+from ..masks import length_mask
 from ..ops.linear import linear_fn
 from ..ops.sanm import ffn_fn, ffn_ref
-
-LAYER_NORM_EPS = 1e-12  # funasr.models.transformer.layer_norm.LayerNorm
+from .config import LAYER_NORM_EPS
 
 
 def layer_norm(dim: int) -> nn.LayerNorm:
@@ -69,10 +69,6 @@ class PositionwiseFeedForwardDecoderSANM(nn.Module):
         return self.w_2(self.norm(self.dropout(torch.relu(self.w_1(x)))))
 
 
-def key_padding_mask(lengths: torch.Tensor | None, T: int, device) -> torch.Tensor | None:
-    """(B, T) bool, True at valid frames; None when there is no padding to mask."""
-    if lengths is None:
-        return None
-    return torch.arange(T, device=device)[None, :] < lengths.to(device)[:, None]
+key_padding_mask = length_mask  # (lengths, T, device): attention's name for masks.length_mask
 
 

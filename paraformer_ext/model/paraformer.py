@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .._ext import use_kernels
+from ..masks import length_mask
 from ..ops.out_proj import out_proj_argmax
 from .config import ParaformerConfig
 from .decoder import ParaformerSANMDecoder
@@ -89,7 +90,7 @@ class Paraformer(nn.Module):
         enc = self.encode(features, lengths)
         if torch.compiler.is_compiling() or bool((lengths < enc.size(1)).any()):  # (no graph break on a value)
             # padded frames hold garbage; zero them so nothing downstream can read it (NaN-proof)
-            valid = torch.arange(enc.size(1), device=enc.device)[None, :] < lengths[:, None]
+            valid = length_mask(lengths, enc.size(1))
             enc = enc.masked_fill(~valid[:, :, None], 0.0)
         mark("encoder")
         pred = self.predictor(enc, lengths)

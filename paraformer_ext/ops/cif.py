@@ -65,6 +65,7 @@ import torch
 import torch.nn.functional as F
 
 from .._ext import has_kernels, use_kernels
+from ..masks import length_mask
 
 
 class CifOutput(NamedTuple):
@@ -86,12 +87,6 @@ def _lengths_arg(lengths, device) -> torch.Tensor | None:
     return lengths
 
 
-def _valid_mask(lengths: torch.Tensor | None, B: int, T: int, device) -> torch.Tensor | None:
-    if lengths is None:
-        return None
-    return torch.arange(T, device=device)[None, :] < lengths.to(device)[:, None]
-
-
 def rescale_alphas(alphas: torch.Tensor, target_lengths, lengths=None) -> tuple[torch.Tensor, int]:
     """Training-time rescaling (spec §3.1): alphas masked to the valid frames, times target / Σα per utterance.
 
@@ -105,7 +100,7 @@ def rescale_alphas(alphas: torch.Tensor, target_lengths, lengths=None) -> tuple[
         raise ValueError(f"target_lengths must have shape (B,) = ({B},), got {tuple(tl.shape)}")
     if tl.numel() and bool((tl < 0).any()):
         raise ValueError("target_lengths must be >= 0")
-    mask = _valid_mask(_lengths_arg(lengths, alphas.device), B, T, alphas.device)
+    mask = length_mask(_lengths_arg(lengths, alphas.device), T, alphas.device)
     a = alphas if mask is None else torch.where(mask, alphas, torch.zeros((), dtype=alphas.dtype, device=alphas.device))
     total = a.sum(-1)
     safe = torch.where(total > 0, total, torch.ones_like(total))

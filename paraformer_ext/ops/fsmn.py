@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .._ext import has_kernels, use_kernels
+from ..masks import length_mask
 
 
 def fsmn_left(kernel_size: int, sanm_shfit: int = 0) -> int:
@@ -33,14 +34,6 @@ def _weight_2d(weight: torch.Tensor) -> torch.Tensor:
     if weight.dim() != 2:
         raise ValueError(f"fsmn weight must be (D, K) or (D, 1, K), got {tuple(weight.shape)}")
     return weight
-
-
-def length_mask(lengths: torch.Tensor | None, T: int, B: int, device, dtype=torch.bool) -> torch.Tensor | None:
-    """(B, T) mask of valid frames, or None when every frame is valid."""
-    if lengths is None:
-        return None
-    ar = torch.arange(T, device=device)
-    return (ar[None, :] < lengths.to(device)[:, None]).to(dtype)
 
 
 def fsmn_memory_ref(
@@ -62,7 +55,8 @@ def fsmn_memory_ref(
     left = (K - 1) // 2 if left is None else left
     if not 0 <= left < K:
         raise ValueError(f"left must be in [0, {K - 1}], got {left}")
-    m = length_mask(lengths, T, B, x.device, x.dtype)
+    m = length_mask(lengths, T, x.device)
+    m = None if m is None else m.to(x.dtype)  # multiplied in, as FunASR masks
     xm = x if m is None else x * m[:, :, None]
     y = F.conv1d(F.pad(xm.transpose(1, 2), (left, K - 1 - left)), w[:, None, :], groups=D).transpose(1, 2)
     y = y + xm

@@ -38,9 +38,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .._ext import has_kernels, kernels_available_for
-
-LAYER_NORM_EPS = 1e-12  # FunASR's LayerNorm (paraformer_ext/model/layers.py)
+from .._ext import has_kernels, use_kernels
+from ..model.config import LAYER_NORM_EPS
 _ACT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -229,13 +228,17 @@ def int8_linear_ref(
     (act(acc * s * w_scale + bias) + residual). wq, w_scale: from `quantize_weight_ref`; bias (N,) or None;
     residual (..., N) of out_dtype or None.
     """
+    return _linear(quantize_rows_ref, int8_linear_from_quantized_ref, x, wq, w_scale, bias, residual, relu, out_dtype)
+
+
+def _linear(quantize, from_quantized, x, wq, w_scale, bias, residual, relu, out_dtype):
+    """(..., K) float rows through `quantize` and `from_quantized`: the shared body of the int8_linear twins."""
     K = x.shape[-1]
-    _check_weight(wq, w_scale, K)
-    q, s = quantize_rows_ref(x.reshape(-1, K))
+    N = _check_weight(wq, w_scale, K)
+    q, s = quantize(x.reshape(-1, K))
     out_dtype = x.dtype if out_dtype is None else out_dtype
-    y = int8_linear_from_quantized_ref(q, s, wq, w_scale, bias,
-                                       None if residual is None else residual.reshape(-1, wq.shape[0]), relu, out_dtype)
-    return y.reshape(*x.shape[:-1], wq.shape[0])
+    y = from_quantized(q, s, wq, w_scale, bias, None if residual is None else residual.reshape(-1, N), relu, out_dtype)
+    return y.reshape(*x.shape[:-1], N)
 
 
 # --- the compiled ops: fake impls (no autograd: inference only) --------------------------------------------------
@@ -367,80 +370,74 @@ def int8_linear_fn(
     """W8A8 linear with the compiled ops: x (..., K) -> (..., N) in out_dtype (default x.dtype).
     `quantize_rows_fn` -> `int_mm` -> `int8_linear_epilogue_fn`; same signature and result as `int8_linear_ref`.
     """
-    K = x.shape[-1]
-    _check_weight(wq, w_scale, K)
-    q, s = quantize_rows_fn(x.reshape(-1, K))
-    out_dtype = x.dtype if out_dtype is None else out_dtype
-    y = int8_linear_from_quantized_fn(q, s, wq, w_scale, bias,
-                                      None if residual is None else residual.reshape(-1, wq.shape[0]), relu, out_dtype)
-    return y.reshape(*x.shape[:-1], wq.shape[0])
+    return _linear(quantize_rows_fn, int8_linear_from_quantized_fn, x, wq, w_scale, bias, residual, relu, out_dtype)
 
 
 # --- dispatch: the compiled op where built for the device, else the reference ----------------------------------
 
 
-def _use_kernels(t: torch.Tensor, kernels: bool) -> bool:
-    return kernels and kernels_available_for(t.device)
+def _pick(fn, ref, t: torch.Tensor, kernels: bool | None):
+    """`fn` or its reference `ref` for tensors on t's device, by `_ext.use_kernels` (kernels=None: compiled
+    where built, else the reference with a warning; True: compiled or KernelsUnavailableError; False: ref)."""
+    return fn if use_kernels(kernels, t.device) else ref
 
 
-def quantize_rows(x, *, kernels: bool = True):
-    """`quantize_rows_fn` when compiled for x's device and `kernels`, else `quantize_rows_ref`."""
-    return (quantize_rows_fn if _use_kernels(x, kernels) else quantize_rows_ref)(x)
+def quantize_rows(x, *, kernels: bool | None = None):
+    """`quantize_rows_fn` or `quantize_rows_ref` (see `_pick`)."""
+    return _pick(quantize_rows_fn, quantize_rows_ref, x, kernels)(x)
 
 
 def int8_linear_epilogue(acc, row_scale, col_scale, bias=None, residual=None, relu=False,
-                         out_dtype=torch.float32, *, kernels: bool = True):
+                         out_dtype=torch.float32, *, kernels: bool | None = None):
     """`int8_linear_epilogue_fn` or `int8_linear_epilogue_ref`."""
-    fn = int8_linear_epilogue_fn if _use_kernels(acc, kernels) else int8_linear_epilogue_ref
+    fn = _pick(int8_linear_epilogue_fn, int8_linear_epilogue_ref, acc, kernels)
     return fn(acc, row_scale, col_scale, bias, residual, relu, out_dtype)
 
 
 def int8_linear_epilogue_quantize(acc, row_scale, col_scale, bias=None, relu=False, ln_weight=None, ln_bias=None,
-                                  eps=LAYER_NORM_EPS, *, kernels: bool = True):
+                                  eps=LAYER_NORM_EPS, *, kernels: bool | None = None):
     """`int8_linear_epilogue_quantize_fn` or `int8_linear_epilogue_quantize_ref`."""
-    fn = int8_linear_epilogue_quantize_fn if _use_kernels(acc, kernels) else int8_linear_epilogue_quantize_ref
+    fn = _pick(int8_linear_epilogue_quantize_fn, int8_linear_epilogue_quantize_ref, acc, kernels)
     return fn(acc, row_scale, col_scale, bias, relu, ln_weight, ln_bias, eps)
 
 
-def layer_norm_quantize_rows(x, weight, bias, eps=LAYER_NORM_EPS, *, kernels: bool = True):
+def layer_norm_quantize_rows(x, weight, bias, eps=LAYER_NORM_EPS, *, kernels: bool | None = None):
     """`layer_norm_quantize_rows_fn` or `layer_norm_quantize_rows_ref`."""
-    fn = layer_norm_quantize_rows_fn if _use_kernels(x, kernels) else layer_norm_quantize_rows_ref
-    return fn(x, weight, bias, eps)
+    return _pick(layer_norm_quantize_rows_fn, layer_norm_quantize_rows_ref, x, kernels)(x, weight, bias, eps)
 
 
-def int8_linear(x, wq, w_scale, bias=None, residual=None, relu=False, out_dtype=None, *, kernels: bool = True):
+def int8_linear(x, wq, w_scale, bias=None, residual=None, relu=False, out_dtype=None, *,
+                kernels: bool | None = None):
     """`int8_linear_fn` or `int8_linear_ref`."""
-    fn = int8_linear_fn if _use_kernels(x, kernels) else int8_linear_ref
-    return fn(x, wq, w_scale, bias, residual, relu, out_dtype)
+    return _pick(int8_linear_fn, int8_linear_ref, x, kernels)(x, wq, w_scale, bias, residual, relu, out_dtype)
 
 
 def int8_linear_from_quantized(q, s, wq, w_scale, bias=None, residual=None, relu=False, out_dtype=torch.float32,
-                               *, kernels: bool = True):
+                               *, kernels: bool | None = None):
     """`int8_linear_from_quantized_fn` or `int8_linear_from_quantized_ref`."""
-    fn = int8_linear_from_quantized_fn if _use_kernels(q, kernels) else int8_linear_from_quantized_ref
+    fn = _pick(int8_linear_from_quantized_fn, int8_linear_from_quantized_ref, q, kernels)
     return fn(q, s, wq, w_scale, bias, residual, relu, out_dtype)
 
 
-def quantize_rows_split(x, ln_weight=None, ln_bias=None, eps=LAYER_NORM_EPS, *, kernels: bool = True):
+def quantize_rows_split(x, ln_weight=None, ln_bias=None, eps=LAYER_NORM_EPS, *, kernels: bool | None = None):
     """`quantize_rows_split_fn` or `quantize_rows_split_ref`."""
-    return (quantize_rows_split_fn if _use_kernels(x, kernels) else quantize_rows_split_ref)(x, ln_weight, ln_bias, eps)
+    return _pick(quantize_rows_split_fn, quantize_rows_split_ref, x, kernels)(x, ln_weight, ln_bias, eps)
 
 
-def int8_gemm(q: torch.Tensor, wq: torch.Tensor, *, kernels: bool = True) -> torch.Tensor:
-    """`int_mm` (torch._int_mm) when the compiled ops run on q's device and `kernels`, else the exact float64
-    product of the reference: both give the same int32 (M, N)."""
-    return int_mm(q, wq) if _use_kernels(q, kernels) else _int_gemm_exact(q, wq)
+def int8_gemm(q: torch.Tensor, wq: torch.Tensor, *, kernels: bool | None = None) -> torch.Tensor:
+    """`int_mm` (torch._int_mm) or the reference's exact float64 product: both give the same int32 (M, N)."""
+    return _pick(int_mm, _int_gemm_exact, q, kernels)(q, wq)
 
 
 def int8_linear_split(x, wq, w_scale, bias=None, residual=None, relu=False, out_dtype=None, *, ln=None,
-                      kernels: bool = True):
+                      kernels: bool | None = None):
     """W8A8 with the activations carried in two int8 parts, for layers whose inputs need more than 8 bits.
 
     x ≈ q_hi * s_hi + q_lo * s_lo (`quantize_rows_split`: q_lo quantizes the rounding error of q_hi, so about
     15 bits survive); one integer GEMM runs over the 2M stacked rows, and the two products are combined in
     float32: y = act(acc_hi * s_hi * w_scale + bias + acc_lo * s_lo * w_scale) + residual. Weights stay int8.
     x (..., K) -> (..., N) in out_dtype (default x.dtype); ln: (weight, bias, eps) of a LayerNorm applied to x
-    first (fused into the quantization), or None. `kernels` picks the compiled ops or the references.
+    first (fused into the quantization), or None. `kernels`: as every dispatcher here (`_pick`).
     """
     K = x.shape[-1]
     N = _check_weight(wq, w_scale, K)
@@ -453,7 +450,7 @@ def int8_linear_split(x, wq, w_scale, bias=None, residual=None, relu=False, out_
     y = int8_linear_epilogue(acc[:M], s_hi, w_scale, bias, y, False, torch.float32, kernels=kernels)
     if relu:
         y = torch.relu_(y)
-    y = y.to(out_dtype)
+    # The epilogue's rule: the residual joins in float32 and the sum is rounded to out_dtype once.
     if residual is not None:
-        y = y + residual.reshape(M, N)
-    return y.reshape(*x.shape[:-1], N)
+        y = y + residual.reshape(M, N).float()
+    return y.to(out_dtype).reshape(*x.shape[:-1], N)

@@ -16,11 +16,14 @@ Semantics (tested in tests/test_out_proj.py):
   this is `log_softmax(logits.float())` on a half logits tensor. bias: (V,) of any float dtype, cast to x's
   dtype first (F.linear needs them equal). Returns ids int64 and logp float32.
 * **int8 weights.** weight int8 (V, D) with weight_scale (V,) float32 (symmetric per output channel). x is
-  quantized per row: scale = absmax / 127 (float32), q = round-half-even(x / scale) clamped to ±127, an
-  all-zero row gets scale 0 and q = 0. The int8 GEMM accumulates exactly in int32, and
+  quantized per row by ops/int8.py's rule (`quantize_rows`: scale = absmax / 127, q = round-half-even(x /
+  scale) clamped to ±127, an all-zero row gets scale 0 and q = 0, a NaN quotient gives +127), and the
+  logits are those of `int8_linear_ref`: the int8 GEMM accumulates exactly in int32, and
   logit = ((float(acc) · x_scale[m]) · weight_scale[v]) + bias[v] in float32, each step rounded, bias cast
-  to float32. `_ref` does the same with an exact float64 GEMM on the integer values, so both have the same
-  logits by construction (exact products, the same rounded float32 steps; no FMA contraction). A row of x with inf or NaN gets scale NaN: its logp is NaN. On CUDA, D must be a
+  to float32. `_ref` computes the GEMM exactly in float64 on the integer values, so both have the same
+  logits by construction (exact products, the same rounded float32 steps; no FMA contraction). A row of x
+  holding NaN gets scale NaN, hence NaN logits and logp NaN; one holding ±inf (no NaN) gets scale inf, hence
+  logits of ±inf or NaN (0 · inf), which the non-finite rules below then follow. On CUDA, D must be a
   multiple of 8 and `chunk` is rounded up to a multiple of 8 (cuBLASLt's int8 GEMM); blocks of ≤ 16 rows are
   padded with zero rows (it needs more than 16).
 * **Ties.** The lowest index wins among equal maxima (torch.argmax's rule on CPU), also across chunks.
@@ -46,18 +49,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._ext import has_kernels, kernels_available_for
-
-
-def quantize_rows_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The op's per-row symmetric int8 quantization of x (M, D) → (q (M, D) int8, scale (M,) float32)."""
-    xf = x.float()
-    amax = xf.abs().amax(-1)
-    scale = amax / 127
-    scale = torch.where(torch.isfinite(amax), scale, torch.full_like(scale, float("nan")))
-    q = torch.round(xf / scale[:, None]).clamp(-127, 127)
-    q = torch.where((torch.isfinite(scale) & (scale != 0))[:, None], q, torch.zeros_like(q))
-    return q.to(torch.int8), scale
+from .._ext import has_kernels, use_kernels
+from .int8 import int8_linear_ref
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -68,15 +61,12 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
 def out_proj_logits_ref(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, weight_scale: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """The logits the op reduces, as a plain (M, V) tensor: F.linear in x's dtype, or the int8 path's
-    dequantized exact int32 products in float32. x: (M, D); weight: (V, D)."""
+    """The logits the op reduces, as a plain (M, V) tensor: F.linear in x's dtype, or for int8 weights
+    `int8_linear_ref` in float32 (the same quantization, exact GEMM and epilogue). x: (M, D); weight: (V, D)."""
     if weight.dtype == torch.int8:
         if weight_scale is None:
             raise ValueError("int8 weights need weight_scale (V,) float32")
-        q, s = quantize_rows_ref(x)
-        acc = (q.double() @ weight.double().t()).to(torch.int32)  # exact: |acc| < 2^53
-        logits = acc.float() * s[:, None] * weight_scale.float()[None, :]
-        return logits + bias.float() if bias is not None else logits
+        return int8_linear_ref(x, weight, weight_scale, bias, out_dtype=torch.float32)
     return F.linear(x, weight, bias.to(x.dtype) if bias is not None else None)
 
 
@@ -140,15 +130,14 @@ def out_proj_argmax(
     weight_scale: torch.Tensor | None = None,
     chunk: int = 0,
     *,
-    kernels: bool = True,
+    kernels: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Greedy token ids and their log-probabilities: the compiled op when built for x's device and
-    `kernels`, else the reference. `weight` may be the tensor or the projection module itself (nn.Linear,
+    """Greedy token ids and their log-probabilities: the compiled op or the reference, by
+    `_ext.use_kernels(kernels, x.device)`. `weight` may be the tensor or the projection module itself (nn.Linear,
     or an int8 linear with `weight` int8 and `weight_scale`), whose bias is then used."""
     if not isinstance(weight, torch.Tensor):
         if bias is not None or weight_scale is not None:
             raise ValueError("out_proj_argmax: pass bias / weight_scale only with a weight tensor, not a module")
         weight, bias, weight_scale = _weights_of(weight)
-    if kernels and kernels_available_for(x.device):
-        return out_proj_argmax_fn(x, weight, bias, weight_scale, chunk)
-    return out_proj_argmax_ref(x, weight, bias, weight_scale, chunk)
+    fn = out_proj_argmax_fn if use_kernels(kernels, x.device) else out_proj_argmax_ref
+    return fn(x, weight, bias, weight_scale, chunk)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoint import ModelLoadError, load_state_dict_strict
 from ..ops.fsmn import fsmn_memory
 
 __all__ = ["FsmnVadEncoder", "EncoderConfig"]
@@ -146,31 +147,13 @@ class FsmnVadEncoder(nn.Module):
         return x, new_cache
 
     def load_funasr_state_dict(self, state: dict, prefix: str = "encoder.") -> None:
-        """Load FunASR's model.pt state_dict strictly: every key present, none extra, every shape equal.
+        """Load FunASR's model.pt state_dict strictly (checkpoint.load_state_dict_strict): every key present
+        under `prefix`, none extra, every shape equal, every tensor floating point.
 
-        Raises ValueError naming the offending keys otherwise.
+        Raises ModelLoadError (a ValueError) naming the offending keys otherwise.
         """
-        own = {prefix + k: v for k, v in self.state_dict().items()}
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        mismatched = [
-            f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-            for k in sorted(set(own) & set(state))
-            if tuple(state[k].shape) != tuple(own[k].shape)
-        ]
-        if missing or unexpected or mismatched:
-            parts = []
-            if missing:
-                parts.append(f"missing keys {missing}")
-            if unexpected:
-                parts.append(f"unexpected keys {unexpected}")
-            if mismatched:
-                parts.append(f"shape mismatches [{'; '.join(mismatched)}]")
-            raise ValueError(
-                "the checkpoint does not match the FSMN VAD built from config.yaml: " + ", ".join(parts)
-                + ". Is model.pt from the same fsmn-vad model as config.yaml?"
-            )
         for k, v in state.items():
             if not torch.is_floating_point(v):
-                raise ValueError(f"checkpoint tensor {k} has dtype {v.dtype}, expected floating point")
-        self.load_state_dict({k[len(prefix) :]: v for k, v in state.items()}, strict=True)
+                raise ModelLoadError(f"fsmn-vad model.pt: tensor {k} has dtype {v.dtype}, expected floating point; "
+                                     "is it FunASR's fsmn-vad checkpoint?")
+        load_state_dict_strict(self, state, "the fsmn-vad model.pt", prefix)
