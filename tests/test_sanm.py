@@ -13,7 +13,8 @@ from paraformer_ext.model.attention import MultiHeadedAttentionCrossAtt, MultiHe
 from paraformer_ext.model.config import DecoderConfig, EncoderConfig
 from paraformer_ext.model.decoder import ParaformerSANMDecoder
 from paraformer_ext.model.encoder import SANMEncoder
-from paraformer_ext.model.layers import PositionwiseFeedForward, key_padding_mask
+from paraformer_ext.masks import length_mask
+from paraformer_ext.model.layers import PositionwiseFeedForward
 from paraformer_ext.ops.sanm import (
     cross_attention_fn,
     cross_attention_ref,
@@ -71,7 +72,7 @@ def test_self_attention(device, dtype, in_feat, with_residual):
     x = torch.randn(B, T, in_feat, generator=g).to(device, dtype)
     res = torch.randn(B, T, D, generator=g).to(device, dtype) if with_residual else None
     lens = _lengths(B, T, 2).to(device)
-    mask = key_padding_mask(lens, T, device)
+    mask = length_mask(lens, T, device)
     with torch.no_grad():
         # float64 arithmetic on the same (dtype-rounded) weights and inputs: measures only the computation error
         ref64 = sanm_self_attention_ref(copy.deepcopy(attn).double(), x.double(), lens, mask, None if res is None else res.double())
@@ -89,7 +90,7 @@ def test_cross_attention(device, dtype):
     attn64 = copy.deepcopy(attn).double()
     g = torch.Generator().manual_seed(4)
     x, mem, res = (torch.randn(*s, generator=g).to(device, dtype) for s in [(B, N, D), (B, T, D), (B, N, D)])
-    mask = key_padding_mask(_lengths(B, T, 5).to(device), T, device)
+    mask = length_mask(_lengths(B, T, 5).to(device), T, device)
     with torch.no_grad():
         for r in (res, None):
             out = cross_attention_fn(attn, x, mem, mask, r)
@@ -116,7 +117,7 @@ def test_linear_like_replacements_take_the_generic_path(device):
     ff = _init(PositionwiseFeedForward(D, 128), 9).to(device)
     x = torch.randn(B, T, D, device=device)
     lens = _lengths(B, T, 10).to(device)
-    mask = key_padding_mask(lens, T, device)
+    mask = length_mask(lens, T, device)
     with torch.no_grad():
         want = (sanm_self_attention_fn(attn, x, lens, mask, x), cross_attention_fn(cross, x, x, mask, x), ffn_fn(ff, x, x))
         attn.linear_out, attn.linear_q_k_v = LinearLike(attn.linear_out), LinearLike(attn.linear_q_k_v)
@@ -191,7 +192,7 @@ def test_gradcheck_self_attention_fn(in_feat, with_residual):
     g = torch.Generator().manual_seed(2)
     x = torch.randn(B, T, in_feat, generator=g, dtype=torch.float64)
     lengths = torch.tensor([5, 3])
-    key_mask = key_padding_mask(lengths, T, x.device)
+    key_mask = length_mask(lengths, T, x.device)
     res = torch.randn(B, T, 8, generator=g, dtype=torch.float64) if with_residual else None
     norm = nn.LayerNorm(in_feat).double()  # the pre-norm travels unapplied, as in the encoder's eval path
     _gradcheck_module(attn, x, lengths, key_mask, res, norm=norm)
@@ -204,7 +205,7 @@ def test_gradcheck_cross_attention_fn():
     x = torch.randn(B, N, 8, generator=g, dtype=torch.float64)
     mem = torch.randn(B, T, 6, generator=g, dtype=torch.float64)
     res = torch.randn(B, N, 8, generator=g, dtype=torch.float64)
-    _gradcheck_module(attn, x, mem, key_padding_mask(torch.tensor([5, 2]), T, x.device), res)
+    _gradcheck_module(attn, x, mem, length_mask(torch.tensor([5, 2]), T, x.device), res)
 
 
 def test_gradcheck_ffn_fn_and_decoder_ffn():

@@ -9,7 +9,8 @@ from torch import nn
 
 from .attention import MultiHeadedAttentionCrossAtt, MultiHeadedAttentionSANMDecoder
 from .config import DecoderConfig
-from .layers import PositionwiseFeedForwardDecoderSANM, key_padding_mask, layer_norm
+from ..masks import length_mask
+from .layers import PositionwiseFeedForwardDecoderSANM, layer_norm
 
 
 class DecoderLayerSANM(nn.Module):
@@ -86,7 +87,7 @@ class ParaformerSANMDecoder(nn.Module):
 
     def forward_hidden(self, hs, hlens, tgt, tgt_lens) -> torch.Tensor:
         """Everything but the output projection: (B, N, d) after after_norm."""
-        memory_mask = key_padding_mask(hlens, hs.size(1), hs.device)
+        memory_mask = length_mask(hlens, hs.size(1), hs.device)
         x = tgt
         for layer in self.decoders:
             x = layer(x, tgt_lens, hs, memory_mask)

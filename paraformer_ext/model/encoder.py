@@ -9,7 +9,8 @@ from torch import nn
 
 from .attention import MultiHeadedAttentionSANM
 from .config import EncoderConfig
-from .layers import PositionwiseFeedForward, key_padding_mask, layer_norm, sinusoidal_position_encoding
+from ..masks import length_mask
+from .layers import PositionwiseFeedForward, layer_norm, sinusoidal_position_encoding
 
 
 class EncoderLayerSANM(nn.Module):
@@ -69,7 +70,7 @@ class SANMEncoder(nn.Module):
         T = x.size(1)
         if lengths is not None and not torch.compiler.is_compiling() and bool((lengths >= T).all()):
             lengths = None  # no padding: skip all masking work, identical result (a graph break when compiled)
-        key_mask = key_padding_mask(lengths, T, x.device)
+        key_mask = length_mask(lengths, T, x.device)
         for layer in self.encoders0:
             x = layer(x, lengths, key_mask)
         for layer in self.encoders:

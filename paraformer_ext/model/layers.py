@@ -7,7 +7,6 @@ import torch
 from torch import nn
 
 from .._ext import use_kernels
-from ..masks import length_mask
 from ..ops.linear import linear_fn
 from ..ops.sanm import ffn_fn, ffn_ref
 from .config import LAYER_NORM_EPS
@@ -69,6 +68,5 @@ class PositionwiseFeedForwardDecoderSANM(nn.Module):
         return self.w_2(self.norm(self.dropout(torch.relu(self.w_1(x)))))
 
 
-key_padding_mask = length_mask  # (lengths, T, device): attention's name for masks.length_mask
 
 

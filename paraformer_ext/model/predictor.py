@@ -17,7 +17,7 @@ from torch import nn
 
 from ..ops.cif import cif, rescale_alphas
 from .config import PredictorConfig
-from .layers import key_padding_mask
+from ..masks import length_mask
 
 
 class PredictorOutput(NamedTuple):
@@ -39,7 +39,7 @@ class CifPredictorV2(nn.Module):
     def alphas(self, hidden: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
         """hidden (B, T, D) → alphas (B, T) float32, zero past each length."""
         dtype = self.cif_output.weight.dtype
-        mask = key_padding_mask(lengths, hidden.size(1), hidden.device)
+        mask = length_mask(lengths, hidden.size(1), hidden.device)
         h = hidden.to(dtype)
         if mask is not None:
             h = h.masked_fill(~mask[:, :, None], 0.0)
