@@ -103,6 +103,9 @@ def cmd_train(a) -> int:
         train(cfg)
     except KeyboardInterrupt:
         return 130  # the checkpoint is saved; the trainer said where
+    except (ValueError, FileNotFoundError) as e:  # bad data lists, model directories, options: the message says which
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -174,3 +174,33 @@ def test_overfits_a_handful_of_utterances(tmp_path):
     res = paraformer_ext.load(tmp_path / "out").transcribe([str(tmp_path / "utt0.wav")])
     ref = json.loads((tmp_path / "train.jsonl").read_text(encoding="utf-8").splitlines()[0])["target"]
     assert character_errors(ref, res[0]["text"]) <= 1, (ref, res[0]["text"])
+
+
+def test_accumulation_and_timed_checkpoints(corpus, tmp_path):
+    d, model = corpus
+    t = Trainer(config(d, model, tmp_path / "out", accum_grad=2, save_every_min=0))  # 2 batches an epoch: 1 step
+    seen = []
+
+    def check(trainer, out):
+        if trainer.step == 2:  # the timed save after step 1 (every step with save_every_min=0) is on disk
+            st = torch.load(tmp_path / "out" / "checkpoints" / "last.pt", weights_only=False)
+            seen.append((st["scheduler"]["step"], st["position"]))
+
+    t.hooks.append(check)
+    t.run()
+    assert t.step == 2 and seen == [(1, {"epoch": 1, "batch": 0})]
+    assert t.opt.param_groups[0]["lr"] == pytest.approx(warmup_lr(2e-3, 4, 3))  # the lr of the next step
+
+
+def test_cli_errors_name_the_problem(corpus, tmp_path, capsys):
+    d, model = corpus
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"key": "a"}\n')
+    args = ["train", "--train-data", str(bad), "--valid-data", str(bad), "--output-dir", str(tmp_path / "o"),
+            "--init", str(model), "--quiet"]
+    assert main(args + ["--strict"]) == 2
+    assert f"{bad}:1: no string 'source' / 'target'" in capsys.readouterr().err
+    assert main(args) == 2
+    assert "no usable utterance" in capsys.readouterr().err
+    assert main(args[:-5] + ["--output-dir", str(model), "--init", str(model)]) == 2
+    assert "would overwrite" in capsys.readouterr().err

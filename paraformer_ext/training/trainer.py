@@ -74,6 +74,9 @@ class Trainer:
         if cfg.accum_grad < 1 or cfg.epochs < 1 or cfg.max_batch_frames < 1 or cfg.warmup < 1 or cfg.keep_best < 1:
             raise ValueError("accum_grad, epochs, max_batch_frames, warmup and keep_best must all be >= 1, got "
                              f"{cfg.accum_grad}, {cfg.epochs}, {cfg.max_batch_frames}, {cfg.warmup}, {cfg.keep_best}")
+        if Path(cfg.output_dir).resolve() == Path(cfg.init).resolve():
+            raise ValueError(f"--output-dir {cfg.output_dir} is the --init directory: the result would overwrite the "
+                             "model it starts from; choose another output directory")
         self.cfg = cfg
         self.log = log or (lambda s: print(s, file=sys.stderr, flush=True))
         self.out = Path(cfg.output_dir)
