@@ -204,3 +204,25 @@ def test_cli_errors_name_the_problem(corpus, tmp_path, capsys):
     assert "no usable utterance" in capsys.readouterr().err
     assert main(args[:-5] + ["--output-dir", str(model), "--init", str(model)]) == 2
     assert "would overwrite" in capsys.readouterr().err
+
+
+def test_unreadable_audio_skips_its_batch_and_names_the_file(corpus, tmp_path, monkeypatch):
+    from paraformer_ext.audio import AudioError
+    from paraformer_ext.training import trainer as trainer_mod
+
+    d, model = corpus
+    real = trainer_mod.load_audio
+
+    def flaky(path, **kw):  # a header that reads but samples that do not
+        if path.endswith("utt1.wav"):
+            raise AudioError(f"cannot read audio file {path!r}: truncated")
+        return real(path, **kw)
+
+    monkeypatch.setattr(trainer_mod, "load_audio", flaky)
+    logged = []
+    t = Trainer(config(d, model, tmp_path / "out", epochs=1), log=logged.append)
+    t.run()
+    assert t.skipped == 1 and t.step == 1  # 2 batches, the one with utt1 lost
+    assert any("utt1.wav" in m and f"{d / 'train.jsonl'}:2" in m for m in logged), logged
+    with pytest.raises(AudioError, match="utt1.wav"):
+        Trainer(config(d, model, tmp_path / "strict", epochs=1, strict=True), log=logged.append).run()

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from ..audio import load_audio
+from ..audio import AudioError, load_audio
 from ..checkpoint import resolve_model_dir
 from .data import DataError, make_batches, read_list
 from .loss import compute_loss
@@ -101,6 +101,7 @@ class Trainer:
         self.step = 0  # optimizer steps taken
         self.epoch, self.batch = 0, 0  # the data position: the next batch to train on
         self.history: list[dict] = []  # per epoch: epoch, step, valid_loss, valid_cer, file
+        self.skipped = 0  # batches lost to audio that could not be read
         self.hooks: list = []  # called as hook(trainer) after every optimizer step (tests, custom logging)
         self._set_lr()
 
@@ -165,6 +166,11 @@ class Trainer:
             text[i, : len(u.ids)] = torch.tensor(u.ids)
         return feats, flens, text.to(self.device), tl.to(self.device)
 
+    @staticmethod
+    def _where(utts, err) -> str:
+        hit = [u.where for u in utts if u.path in str(err)]
+        return ", ".join(hit or [u.where for u in utts])
+
     # --- loop ------------------------------------------------------------------------------------------
 
     def validate(self) -> tuple[float, float]:
@@ -177,7 +183,13 @@ class Trainer:
         with torch.no_grad():
             for idx in make_batches(self.valid_frames, self.cfg.max_batch_frames, 0, 0):
                 utts = [self.valid_utts[i] for i in idx]
-                feats, flens, text, tl = self.features(utts)
+                try:
+                    feats, flens, text, tl = self.features(utts)
+                except AudioError as e:
+                    if self.cfg.strict:
+                        raise
+                    self.log(f"validation: skipped a batch of {len(utts)}: {e} (listed at {self._where(utts, e)})")
+                    continue
                 out = compute_loss(self.model, feats, flens, text, tl, sampling_ratio=0.0)
                 tot += float(out["loss"]) * out["weight"]
                 weight += out["weight"]
@@ -185,6 +197,8 @@ class Trainer:
                     errors += character_errors(u.text, r["text"])
                     chars += len("".join(u.text.split()))
         self.model.train()
+        if not weight:
+            return float("nan"), float("nan")
         return tot / weight, errors / max(chars, 1)
 
     def _bar(self, total: int, initial: int):
@@ -216,7 +230,16 @@ class Trainer:
             pending, t0, frames, last_loss = 0, time.perf_counter(), 0, float("nan")
             for bi in range(self.batch, len(batches)):
                 utts = [self.train_utts[i] for i in batches[bi]]
-                feats, flens, text, tl = self.features(utts)
+                try:
+                    feats, flens, text, tl = self.features(utts)
+                except AudioError as e:  # the header read, the samples do not: name it, lose one batch, not the run
+                    if cfg.strict:
+                        raise
+                    self.log(f"skipped a batch of {len(utts)}: {e} (listed at {self._where(utts, e)})")
+                    self.skipped += 1
+                    if bar is not None:
+                        bar.update(1)
+                    continue
                 out = compute_loss(self.model, feats, flens, text, tl, generator=self.generator)
                 (out["loss"] / cfg.accum_grad).backward()
                 pending += 1
@@ -247,6 +270,8 @@ class Trainer:
                     bar.update(1)
             if bar is not None:
                 bar.close()
+            if pending:  # only when the epoch's last batch was skipped: its partial accumulation is dropped
+                self.opt.zero_grad(set_to_none=True)
             vloss, vcer = self.validate()
             self.epoch, self.batch = self.epoch + 1, 0
             name = f"epoch{self.epoch}.pt"
