@@ -116,7 +116,9 @@ def _train_parser(sub) -> None:
     r.add_argument("--train-data", required=True, help="FunASR jsonl (key, source, target), or WAV_SCP,TEXT, or a dir with wav.scp and text")
     r.add_argument("--valid-data", required=True, help="the same for validation (loss and CER each epoch)")
     r.add_argument("--output-dir", required=True, help="checkpoints/ and the final model.pt, config.yaml, am.mvn, tokens.json")
-    r.add_argument("--init", required=True, help="the FunASR model directory to start from")
+    r.add_argument("--init", default=None, help="the FunASR model directory to start from")
+    r.add_argument("--config", default=None, help="instead of --init: train from scratch with this FunASR config.yaml")
+    r.add_argument("--tokens", default=None, help="with --config: the token list (tokens.json or tokens.txt)")
     for name, typ, what in (("epochs", int, "passes over the training data"),
                             ("max-batch-frames", int, "padded 60 ms frames per batch"),
                             ("lr", float, "peak learning rate (reached at --warmup steps)"),

@@ -226,3 +226,33 @@ def test_unreadable_audio_skips_its_batch_and_names_the_file(corpus, tmp_path, m
     assert any("utt1.wav" in m and f"{d / 'train.jsonl'}:2" in m for m in logged), logged
     with pytest.raises(AudioError, match="utt1.wav"):
         Trainer(config(d, model, tmp_path / "strict", epochs=1, strict=True), log=logged.append).run()
+
+
+def test_cli_trains_from_scratch(corpus, tmp_path):
+    from paraformer_ext.synthetic import make_config, make_tokens
+
+    d, _ = corpus
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(make_config("tiny")))
+    (tmp_path / "tokens.json").write_text(json.dumps(make_tokens(), ensure_ascii=False), encoding="utf-8")
+    out = tmp_path / "out"
+    args = ["train", "--train-data", str(d / "train.jsonl"), "--valid-data", str(d / "train.jsonl"), "--output-dir",
+            str(out), "--config", str(tmp_path / "config.yaml"), "--tokens", str(tmp_path / "tokens.json"),
+            "--epochs", "3", "--max-batch-frames", "60", "--lr", "2e-3", "--warmup", "4", "--quiet"]
+    assert main(args) == 0
+    hist = yaml.safe_load((out / "training.yaml").read_text())["history"]
+    assert hist[-1]["valid_loss"] < hist[0]["valid_loss"]
+    mvn = (out / "am.mvn").read_text()
+    assert mvn == (out / "scratch_init" / "am.mvn").read_text() and "<AddShift> 560 560" in mvn
+    assert "text" in paraformer_ext.load(out).transcribe([str(d / "utt0.wav")])[0]
+    assert main(args[:-1] + ["--init", str(d / "init")]) == 2  # --init and --config together: an error
+    mtime = (out / "scratch_init" / "am.mvn").stat().st_mtime_ns
+    assert main([a if a != "3" else "4" for a in args] + ["--resume"]) == 0  # one more epoch, same initial dir
+    assert [h["epoch"] for h in yaml.safe_load((out / "training.yaml").read_text())["history"]] == [1, 2, 3, 4]
+    assert (out / "scratch_init" / "am.mvn").stat().st_mtime_ns == mtime
+
+
+def test_cli_needs_init_or_config(corpus, tmp_path, capsys):
+    d, _ = corpus
+    assert main(["train", "--train-data", str(d / "train.jsonl"), "--valid-data", str(d / "train.jsonl"),
+                 "--output-dir", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "give --init" in capsys.readouterr().err

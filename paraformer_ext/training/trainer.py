@@ -31,7 +31,9 @@ class TrainConfig:
     train_data: str
     valid_data: str
     output_dir: str
-    init: str  # a FunASR model directory to fine-tune
+    init: str | None = None  # a FunASR model directory to fine-tune; None: from scratch (config + tokens)
+    config: str | None = None  # from scratch: a FunASR config.yaml (the architecture)
+    tokens: str | None = None  # from scratch: tokens.json / tokens.txt
     epochs: int = 10
     max_batch_frames: int = 3000  # padded 60 ms LFR frames per batch (about 3 minutes of audio)
     lr: float = 2e-4
@@ -74,6 +76,11 @@ class Trainer:
         if cfg.accum_grad < 1 or cfg.epochs < 1 or cfg.max_batch_frames < 1 or cfg.warmup < 1 or cfg.keep_best < 1:
             raise ValueError("accum_grad, epochs, max_batch_frames, warmup and keep_best must all be >= 1, got "
                              f"{cfg.accum_grad}, {cfg.epochs}, {cfg.max_batch_frames}, {cfg.warmup}, {cfg.keep_best}")
+        if cfg.init is None:
+            cfg = self._from_scratch(cfg, log)
+        elif cfg.config or cfg.tokens:
+            raise ValueError("--config and --tokens build a model from scratch; with --init the architecture and "
+                             "tokens are the init directory's: give one or the other")
         if Path(cfg.output_dir).resolve() == Path(cfg.init).resolve():
             raise ValueError(f"--output-dir {cfg.output_dir} is the --init directory: the result would overwrite the "
                              "model it starts from; choose another output directory")
@@ -104,6 +111,25 @@ class Trainer:
         self.skipped = 0  # batches lost to audio that could not be read
         self.hooks: list = []  # called as hook(trainer) after every optimizer step (tests, custom logging)
         self._set_lr()
+
+    @staticmethod
+    def _from_scratch(cfg: TrainConfig, log) -> TrainConfig:
+        """cfg with init = OUTPUT_DIR/scratch_init, built from --config and --tokens on the first run (kept for
+        --resume: its CMVN was measured once)."""
+        from dataclasses import replace
+
+        from ..text import TokenList
+        from .scratch import build_initial_dir
+
+        if not (cfg.config and cfg.tokens):
+            raise ValueError("give --init FUNASR_DIR to fine-tune, or --config CONFIG.yaml and --tokens TOKENS to "
+                             "train from scratch")
+        init = Path(cfg.output_dir) / "scratch_init"
+        if not (init / "model.pt").is_file():
+            utts, _ = read_list(cfg.train_data, TokenList.load(cfg.tokens), 16000, cfg.strict)
+            build_initial_dir(cfg.config, cfg.tokens, utts, init, cfg.seed)
+            (log or (lambda m: print(m, file=sys.stderr, flush=True)))(f"built {init} from {cfg.config} and {cfg.tokens} (random weights, CMVN of the training audio)")
+        return replace(cfg, init=str(init))
 
     # --- state -----------------------------------------------------------------------------------------
 
