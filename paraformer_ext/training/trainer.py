@@ -328,7 +328,8 @@ class Trainer:
         sds = [torch.load(self.ckpt_dir / e["file"], map_location="cpu", weights_only=True) for e in best]
         avg = {}
         for k, v in sds[0].items():
-            # integer buffers (step counters) cannot be averaged: the newest is kept, as FunASR's average_nbest
+            # an integer buffer (a step counter) is taken from the best checkpoint, not averaged (ESPnet-style
+            # averaging sums such counters instead); Paraformer's state dict has none today
             avg[k] = (sum(sd[k].double() for sd in sds) / len(sds)).to(v.dtype) if v.is_floating_point() else v
         self.out.mkdir(parents=True, exist_ok=True)
         torch.save(avg, self.out / "model.pt")
