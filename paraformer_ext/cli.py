@@ -1,4 +1,4 @@
-"""Command line: `paraformer-ext transcribe|vad|demo|info`."""
+"""Command line: `paraformer-ext transcribe|vad|demo|info|train`."""
 from __future__ import annotations
 
 import argparse
@@ -95,6 +95,48 @@ def cmd_demo(a) -> int:
     return run_demo(a)
 
 
+def cmd_train(a) -> int:
+    from .training.trainer import TrainConfig, train
+
+    cfg = TrainConfig(**{k: v for k, v in vars(a).items() if k not in ("cmd", "fn", "quiet")}, progress=not a.quiet)
+    try:
+        train(cfg)
+    except KeyboardInterrupt:
+        return 130  # the checkpoint is saved; the trainer said where
+    except (ValueError, FileNotFoundError) as e:  # bad data lists, model directories, options: the message says which
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _train_parser(sub) -> None:
+    from .training.trainer import TrainConfig  # its defaults are the CLI's
+
+    r = sub.add_parser("train", help="fine-tune a FunASR Paraformer directory (output: a FunASR directory)")
+    r.add_argument("--train-data", required=True, help="FunASR jsonl (key, source, target), or WAV_SCP,TEXT, or a dir with wav.scp and text")
+    r.add_argument("--valid-data", required=True, help="the same for validation (loss and CER each epoch)")
+    r.add_argument("--output-dir", required=True, help="checkpoints/ and the final model.pt, config.yaml, am.mvn, tokens.json")
+    r.add_argument("--init", default=None, help="the FunASR model directory to start from")
+    r.add_argument("--config", default=None, help="instead of --init: train from scratch with this FunASR config.yaml")
+    r.add_argument("--tokens", default=None, help="with --config: the token list (tokens.json or tokens.txt)")
+    for name, typ, what in (("epochs", int, "passes over the training data"),
+                            ("max-batch-frames", int, "padded 60 ms frames per batch"),
+                            ("lr", float, "peak learning rate (reached at --warmup steps)"),
+                            ("warmup", int, "warmup steps of FunASR's warmuplr schedule"),
+                            ("accum-grad", int, "batches per optimizer step"),
+                            ("clip", float, "gradient norm clipping"),
+                            ("save-every-min", float, "minutes between checkpoints (also one at each epoch end)"),
+                            ("keep-best", int, "average the best K epochs by validation loss"),
+                            ("seed", int, "seed of the batch order, dropout, SpecAug and GLM draws")):
+        default = getattr(TrainConfig, name.replace("-", "_"))
+        r.add_argument(f"--{name}", type=typ, default=default, help=f"{what} (default: {default})")
+    r.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoints/last.pt")
+    r.add_argument("--strict", action="store_true", help="stop at the first bad data line instead of skipping it")
+    r.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to train (default: cpu)")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(fn=cmd_train)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="paraformer-ext", description="FunASR-exact Paraformer speech recognition")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -114,6 +156,8 @@ def main(argv=None) -> int:
     d.add_argument("--workdir", default=None, help="where to write the demo model and audio (default: a cache dir)")
     _add_model_args(d)
     d.set_defaults(fn=cmd_demo)
+
+    _train_parser(sub)
 
     i = sub.add_parser("info", help="what was compiled (CPU/CUDA kernels, archs, torch version)")
     i.set_defaults(fn=cmd_info)

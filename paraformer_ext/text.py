@@ -107,6 +107,9 @@ class TokenList:
     def __iter__(self):
         return iter(self._tokens)
 
+    def __contains__(self, token) -> bool:
+        return token in self._index
+
     def __repr__(self) -> str:
         return f"TokenList({len(self)} tokens from {self.source})"
 

@@ -1,0 +1,351 @@
+"""Fine-tuning a FunASR Paraformer directory: `train(TrainConfig(...))`, the engine of `paraformer-ext train`.
+
+Checkpoints (output_dir/checkpoints/) hold everything a resumed run needs to continue as if never stopped:
+model, optimizer, scheduler step, RNG states and the data position (epoch, next batch); the batch order of an
+epoch is a function of (seed, epoch), so the position is enough to find the rest. The result is written in
+FunASR's layout (model.pt, config.yaml, am.mvn, tokens.json), so `paraformer_ext.load(output_dir)` and FunASR
+itself read it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from ..audio import AudioError, load_audio
+from ..checkpoint import resolve_model_dir
+from .data import DataError, make_batches, read_list
+from .loss import compute_loss
+
+
+@dataclass
+class TrainConfig:
+    train_data: str
+    valid_data: str
+    output_dir: str
+    init: str | None = None  # a FunASR model directory to fine-tune; None: from scratch (config + tokens)
+    config: str | None = None  # from scratch: a FunASR config.yaml (the architecture)
+    tokens: str | None = None  # from scratch: tokens.json / tokens.txt
+    epochs: int = 10
+    max_batch_frames: int = 3000  # padded 60 ms LFR frames per batch (about 3 minutes of audio)
+    lr: float = 2e-4
+    warmup: int = 1000  # FunASR's warmuplr warmup_steps
+    accum_grad: int = 1
+    clip: float = 5.0  # gradient norm clipping (FunASR's grad_clip)
+    save_every_min: float = 30.0
+    keep_best: int = 5  # average the best K epochs (by validation loss) into model.pt
+    seed: int = 0
+    resume: bool = False
+    strict: bool = False
+    device: str = "cpu"
+    kernels: bool | None = None
+    progress: bool = True
+
+
+def warmup_lr(base_lr: float, warmup: int, step: int) -> float:
+    """FunASR's WarmupLR at optimizer step `step` (1-based): lr · warmup^0.5 · min(step^-0.5, step · warmup^-1.5),
+    a linear ramp to base_lr at `warmup`, then inverse square-root decay."""
+    step = max(step, 1)
+    return base_lr * warmup ** 0.5 * min(step ** -0.5, step * warmup ** -1.5)
+
+
+def character_errors(ref: str, hyp: str) -> int:
+    """Levenshtein distance between the two texts' characters, whitespace ignored (CER's numerator)."""
+    a, b = "".join(ref.split()), "".join(hyp.split())
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i] + [0] * len(b)
+        for j, cb in enumerate(b, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb))
+        prev = cur
+    return prev[-1]
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, log=None):
+        from ..recognizer import load
+
+        if cfg.accum_grad < 1 or cfg.epochs < 1 or cfg.max_batch_frames < 1 or cfg.warmup < 1 or cfg.keep_best < 1:
+            raise ValueError("accum_grad, epochs, max_batch_frames, warmup and keep_best must all be >= 1, got "
+                             f"{cfg.accum_grad}, {cfg.epochs}, {cfg.max_batch_frames}, {cfg.warmup}, {cfg.keep_best}")
+        if cfg.init is None:
+            cfg = self._from_scratch(cfg, log)
+        elif cfg.config or cfg.tokens:
+            raise ValueError("--config and --tokens build a model from scratch; with --init the architecture and "
+                             "tokens are the init directory's: give one or the other")
+        if Path(cfg.output_dir).resolve() == Path(cfg.init).resolve():
+            raise ValueError(f"--output-dir {cfg.output_dir} is the --init directory: the result would overwrite the "
+                             "model it starts from; choose another output directory")
+        self.cfg = cfg
+        self.log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+        self.out = Path(cfg.output_dir)
+        self.ckpt_dir = self.out / "checkpoints"
+        torch.manual_seed(cfg.seed)
+        self.files = resolve_model_dir(cfg.init)
+        rec = load(cfg.init, device=cfg.device, kernels=cfg.kernels)
+        self.pipeline = rec.pipeline
+        self.model = rec.model.requires_grad_(True)
+        self.device = torch.device(cfg.device)
+        sr = self.pipeline.sample_rate
+        self.train_utts, rep = read_list(cfg.train_data, self.pipeline.tokens, sr, cfg.strict)
+        self.log(rep.summary(f"train {cfg.train_data}", len(self.train_utts)))
+        self.valid_utts, rep = read_list(cfg.valid_data, self.pipeline.tokens, sr, cfg.strict)
+        self.log(rep.summary(f"valid {cfg.valid_data}", len(self.valid_utts)))
+        if not self.train_utts:
+            raise DataError(f"{cfg.train_data}: no usable utterance (see the lines reported above)")
+        self.train_frames = [self.pipeline.feature_frames(u.samples) for u in self.train_utts]
+        self.valid_frames = [self.pipeline.feature_frames(u.samples) for u in self.valid_utts]
+        self.opt = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=cfg.lr)
+        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.step = 0  # optimizer steps taken
+        self.epoch, self.batch = 0, 0  # the data position: the next batch to train on
+        self.history: list[dict] = []  # per epoch: epoch, step, valid_loss, valid_cer, file
+        self.skipped = 0  # batches lost to audio that could not be read
+        self.hooks: list = []  # called as hook(trainer) after every optimizer step (tests, custom logging)
+        self._set_lr()
+
+    @staticmethod
+    def _from_scratch(cfg: TrainConfig, log) -> TrainConfig:
+        """cfg with init = OUTPUT_DIR/scratch_init, built from --config and --tokens on the first run (kept for
+        --resume: its CMVN was measured once)."""
+        from dataclasses import replace
+
+        from ..text import TokenList
+        from .scratch import build_initial_dir
+
+        if not (cfg.config and cfg.tokens):
+            raise ValueError("give --init FUNASR_DIR to fine-tune, or --config CONFIG.yaml and --tokens TOKENS to "
+                             "train from scratch")
+        init = Path(cfg.output_dir) / "scratch_init"
+        if not (init / "model.pt").is_file():
+            utts, _ = read_list(cfg.train_data, TokenList.load(cfg.tokens), 16000, cfg.strict)
+            build_initial_dir(cfg.config, cfg.tokens, utts, init, cfg.seed)
+            (log or (lambda m: print(m, file=sys.stderr, flush=True)))(f"built {init} from {cfg.config} and {cfg.tokens} (random weights, CMVN of the training audio)")
+        return replace(cfg, init=str(init))
+
+    # --- state -----------------------------------------------------------------------------------------
+
+    def _set_lr(self) -> float:
+        lr = warmup_lr(self.cfg.lr, self.cfg.warmup, self.step + 1)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        return lr
+
+    def state(self) -> dict:
+        rng = {"torch": torch.get_rng_state(), "generator": self.generator.get_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "scheduler": {"name": "warmuplr", "step": self.step, "warmup": self.cfg.warmup, "lr": self.cfg.lr},
+                "rng": rng, "position": {"epoch": self.epoch, "batch": self.batch}, "history": self.history,
+                "config": asdict(self.cfg)}
+
+    def save(self, name: str = "last.pt") -> Path:
+        """Write a full checkpoint atomically (a crash mid-write leaves the previous one intact)."""
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        path = self.ckpt_dir / name
+        tmp = path.with_suffix(".tmp")
+        torch.save(self.state(), tmp)
+        os.replace(tmp, path)
+        return path
+
+    def resume(self) -> None:
+        path = self.ckpt_dir / "last.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint {path}; start without --resume, or pass the "
+                                    "--output-dir of the run to continue")
+        st = torch.load(path, map_location="cpu", weights_only=False)
+        self.model.load_state_dict(st["model"])
+        self.opt.load_state_dict(st["optimizer"])
+        self.step = st["scheduler"]["step"]
+        torch.set_rng_state(st["rng"]["torch"])
+        self.generator.set_state(st["rng"]["generator"])
+        if "cuda" in st["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(st["rng"]["cuda"], self.device)
+        self.epoch, self.batch = st["position"]["epoch"], st["position"]["batch"]
+        self.history = st["history"]
+        self._set_lr()
+        self.log(f"resumed from {path}: step {self.step}, epoch {self.epoch + 1}, batch {self.batch}")
+
+    # --- data ------------------------------------------------------------------------------------------
+
+    def features(self, utts) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Audio → frontend features (B, T, D) and lengths, token ids padded with -1 and lengths."""
+        waves = [load_audio(u.path, target_sr=self.pipeline.sample_rate) for u in utts]
+        lens = torch.tensor([w.numel() for w in waves])
+        wave = torch.zeros(len(waves), int(lens.max()))
+        for i, w in enumerate(waves):
+            wave[i, : w.numel()] = w
+        with torch.no_grad():
+            feats, flens = self.pipeline.features(wave.to(self.device), lens.to(self.device))
+        tl = torch.tensor([len(u.ids) for u in utts])
+        text = torch.full((len(utts), int(tl.max())), -1, dtype=torch.int64)
+        for i, u in enumerate(utts):
+            text[i, : len(u.ids)] = torch.tensor(u.ids)
+        return feats, flens, text.to(self.device), tl.to(self.device)
+
+    @staticmethod
+    def _where(utts, err) -> str:
+        hit = [u.where for u in utts if u.path in str(err)]
+        return ", ".join(hit or [u.where for u in utts])
+
+    # --- loop ------------------------------------------------------------------------------------------
+
+    def validate(self) -> tuple[float, float]:
+        """(token-weighted validation loss, CER) in eval mode. The GLM sampler is off (sampling_ratio 0), so the
+        loss is deterministic and comparable between epochs (FunASR validates with its random draw on)."""
+        if not self.valid_utts:
+            return float("nan"), float("nan")
+        self.model.eval()
+        tot, weight, errors, chars = 0.0, 0.0, 0, 0
+        with torch.no_grad():
+            for idx in make_batches(self.valid_frames, self.cfg.max_batch_frames, 0, 0):
+                utts = [self.valid_utts[i] for i in idx]
+                try:
+                    feats, flens, text, tl = self.features(utts)
+                except AudioError as e:
+                    if self.cfg.strict:
+                        raise
+                    self.log(f"validation: skipped a batch of {len(utts)}: {e} (listed at {self._where(utts, e)})")
+                    continue
+                out = compute_loss(self.model, feats, flens, text, tl, sampling_ratio=0.0)
+                tot += float(out["loss"]) * out["weight"]
+                weight += out["weight"]
+                for u, r in zip(utts, self.pipeline.decode(feats, flens)):
+                    errors += character_errors(u.text, r["text"])
+                    chars += len("".join(u.text.split()))
+        self.model.train()
+        if not weight:
+            return float("nan"), float("nan")
+        return tot / weight, errors / max(chars, 1)
+
+    def _bar(self, total: int, initial: int):
+        if not self.cfg.progress:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=initial, unit="batch", dynamic_ncols=True, leave=False,
+                    desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}")
+
+    def run(self) -> Path:
+        """Train to the last epoch (or until Ctrl-C, which saves last.pt and re-raises), then write the output."""
+        try:
+            self._loop()
+        except KeyboardInterrupt:
+            self.opt.zero_grad(set_to_none=True)  # a partial accumulation is dropped; its batches are redone
+            path = self.save()
+            self.log(f"interrupted: saved {path} (step {self.step}); continue with --resume")
+            raise
+        return self.export()
+
+    def _loop(self) -> None:
+        cfg = self.cfg
+        self.model.train()
+        last_save = time.monotonic()
+        while self.epoch < cfg.epochs:
+            batches = make_batches(self.train_frames, cfg.max_batch_frames, cfg.seed, self.epoch)
+            bar = self._bar(len(batches), self.batch)
+            pending, t0, frames, last_loss = 0, time.perf_counter(), 0, float("nan")
+            for bi in range(self.batch, len(batches)):
+                utts = [self.train_utts[i] for i in batches[bi]]
+                try:
+                    feats, flens, text, tl = self.features(utts)
+                except AudioError as e:  # the header read, the samples do not: name it, lose one batch, not the run
+                    if cfg.strict:
+                        raise
+                    self.log(f"skipped a batch of {len(utts)}: {e} (listed at {self._where(utts, e)})")
+                    self.skipped += 1
+                    if bar is not None:
+                        bar.update(1)
+                    continue
+                out = compute_loss(self.model, feats, flens, text, tl, generator=self.generator)
+                (out["loss"] / cfg.accum_grad).backward()
+                pending += 1
+                last_loss = float(out["loss"].detach())
+                frames += int(flens.sum())
+                if pending == cfg.accum_grad or bi == len(batches) - 1:
+                    norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
+                    if torch.isfinite(norm):  # FunASR skips a step whose gradient overflowed
+                        self.opt.step()
+                    else:
+                        self.log(f"step {self.step + 1}: gradient norm {float(norm)}, step skipped")
+                    self.opt.zero_grad(set_to_none=True)
+                    self.step += 1
+                    lr = self._set_lr()
+                    pending = 0
+                    self.batch = bi + 1  # the position only moves at step boundaries: resume redoes no half step
+                    if bar is not None:
+                        dt = time.perf_counter() - t0
+                        # frames are 60 ms LFR frames: audio seconds trained per wall second
+                        bar.set_postfix(loss=f"{last_loss:.3f}", acc=f"{out['acc']:.2f}", lr=f"{lr:.2e}",
+                                        speed=f"{frames * 0.06 / max(dt, 1e-9):.0f}x")
+                    for hook in self.hooks:
+                        hook(self, out)
+                    if time.monotonic() - last_save >= cfg.save_every_min * 60:
+                        self.save()
+                        last_save = time.monotonic()
+                if bar is not None:
+                    bar.update(1)
+            if bar is not None:
+                bar.close()
+            if pending:  # only when the epoch's last batch was skipped: its partial accumulation is dropped
+                self.opt.zero_grad(set_to_none=True)
+            vloss, vcer = self.validate()
+            self.epoch, self.batch = self.epoch + 1, 0
+            name = f"epoch{self.epoch}.pt"
+            self.history.append({"epoch": self.epoch, "step": self.step, "valid_loss": vloss, "valid_cer": vcer, "file": name})
+            self.log(f"epoch {self.epoch}: step {self.step}, train loss {last_loss:.4f}, "
+                     f"valid loss {vloss:.4f}, valid CER {vcer:.2%}")
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            torch.save(self.model.state_dict(), self.ckpt_dir / name)
+            self._prune()
+            self.save()
+            last_save = time.monotonic()
+
+    def _best(self) -> list[dict]:
+        """The best keep_best epochs by validation loss (the latest ones when there is no validation)."""
+        h = [e for e in self.history if (self.ckpt_dir / e["file"]).is_file()]
+        key = lambda e: (math.inf if math.isnan(e["valid_loss"]) else e["valid_loss"], -e["epoch"])  # noqa: E731
+        return sorted(h, key=key)[: self.cfg.keep_best]
+
+    def _prune(self) -> None:
+        keep = {e["file"] for e in self._best()}
+        for e in self.history:
+            if e["file"] not in keep:
+                (self.ckpt_dir / e["file"]).unlink(missing_ok=True)
+
+    def export(self) -> Path:
+        """model.pt = the average of the best epochs' weights, beside the init's config.yaml, am.mvn, tokens.json."""
+        best = self._best()
+        sds = [torch.load(self.ckpt_dir / e["file"], map_location="cpu", weights_only=True) for e in best]
+        avg = {}
+        for k, v in sds[0].items():
+            # an integer buffer (a step counter) is taken from the best checkpoint, not averaged (ESPnet-style
+            # averaging sums such counters instead); Paraformer's state dict has none today
+            avg[k] = (sum(sd[k].double() for sd in sds) / len(sds)).to(v.dtype) if v.is_floating_point() else v
+        self.out.mkdir(parents=True, exist_ok=True)
+        torch.save(avg, self.out / "model.pt")
+        shutil.copyfile(self.files.config_path, self.out / "config.yaml")
+        shutil.copyfile(self.files.cmvn, self.out / "am.mvn")
+        with open(self.out / "tokens.json", "w", encoding="utf-8") as f:
+            json.dump(list(self.pipeline.tokens), f, ensure_ascii=False, indent=0)
+        with open(self.out / "training.yaml", "w") as f:
+            yaml.safe_dump({"averaged": [e["file"] for e in best], "history": self.history, "config": asdict(self.cfg)},
+                           f, sort_keys=False, allow_unicode=True)
+        self.log(f"wrote {self.out}/model.pt: the average of {', '.join(e['file'] for e in best)}")
+        return self.out
+
+
+def train(cfg: TrainConfig, log=None) -> Path:
+    t = Trainer(cfg, log)
+    if cfg.resume:
+        t.resume()
+    return t.run()
