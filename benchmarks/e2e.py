@@ -553,19 +553,11 @@ class WorkerProc:
             self.p.wait()
 
 
-def edit_distance(a: list, b: list) -> int:
-    prev = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        cur = [i]
-        for j, y in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
-        prev = cur
-    return prev[-1]
-
-
 def compare(ref: list[list[int]], other: list[list[int]]) -> dict:
     """Utterances whose token ids differ from the reference's (over the utterances both ran), and the token
     edit distance summed over them relative to the reference's token count."""
+    from paraformer_ext.metrics import edit_distance
+
     n = min(len(ref), len(other))
     diff = [i for i in range(n) if ref[i] != other[i]]
     edits = sum(edit_distance(ref[i], other[i]) for i in diff)

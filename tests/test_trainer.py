@@ -16,7 +16,8 @@ from paraformer_ext.cli import main
 from paraformer_ext.synthetic import make_random_model, synthetic_speech
 from paraformer_ext.text import TokenList
 from paraformer_ext.training.data import DataError, make_batches, read_jsonl, read_scp, tokenize
-from paraformer_ext.training.trainer import TrainConfig, Trainer, character_errors, warmup_lr
+from paraformer_ext.metrics import character_errors
+from paraformer_ext.training.trainer import TrainConfig, Trainer, warmup_lr
 
 CJK = [chr(0x4E00 + i) for i in range(20)]  # the few characters the synthetic targets use
 

@@ -21,6 +21,8 @@ from typing import NamedTuple
 
 import torch
 
+from ..metrics import edit_distance
+
 SPECIAL_IDS = (0, 1, 2)  # <blank>, <s>, </s>: dropped before a Levenshtein distance, as FunASR's text output drops them
 
 
@@ -99,16 +101,6 @@ def sample_candidates(top2: torch.Tensor, mask: torch.Tensor, cfg: MwerConfig,
     return torch.where(flip, top2[None, :, :, 1], top2[None, :, :, 0])
 
 
-def _levenshtein(a: list[int], b: list[int]) -> int:
-    prev = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        cur = [i]
-        for j, y in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
-        prev = cur
-    return prev[-1]
-
-
 def candidate_errors(cands: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, error: str) -> torch.Tensor:
     """W (N, B) float32: errors of each candidate (N, B, L) against target (B, L) over the scored positions."""
     if error == "hamming":
@@ -119,7 +111,7 @@ def candidate_errors(cands: torch.Tensor, target: torch.Tensor, mask: torch.Tens
     for b in range(B):
         ref = [i for i in t[b][m[b]].tolist() if i not in SPECIAL_IDS]
         for n in range(N):
-            out[n, b] = _levenshtein([i for i in c[n, b][m[b]].tolist() if i not in SPECIAL_IDS], ref)
+            out[n, b] = edit_distance([i for i in c[n, b][m[b]].tolist() if i not in SPECIAL_IDS], ref)
     return out.to(cands.device)
 
 

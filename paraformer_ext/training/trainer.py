@@ -22,6 +22,7 @@ import yaml
 
 from ..audio import AudioError, load_audio
 from ..checkpoint import resolve_model_dir
+from ..metrics import character_errors
 from .data import DataError, make_batches, read_list
 from .loss import compute_loss
 
@@ -55,18 +56,6 @@ def warmup_lr(base_lr: float, warmup: int, step: int) -> float:
     a linear ramp to base_lr at `warmup`, then inverse square-root decay."""
     step = max(step, 1)
     return base_lr * warmup ** 0.5 * min(step ** -0.5, step * warmup ** -1.5)
-
-
-def character_errors(ref: str, hyp: str) -> int:
-    """Levenshtein distance between the two texts' characters, whitespace ignored (CER's numerator)."""
-    a, b = "".join(ref.split()), "".join(hyp.split())
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i] + [0] * len(b)
-        for j, cb in enumerate(b, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb))
-        prev = cur
-    return prev[-1]
 
 
 class Trainer:
