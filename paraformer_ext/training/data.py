@@ -36,6 +36,12 @@ class DataReport:
     problems: list[str] = field(default_factory=list)  # "file:line: what was wrong"
     unknown: Counter = field(default_factory=Counter)  # character/word -> occurrences mapped to <unk>
 
+    def problem(self, where: str, msg, strict: bool) -> None:
+        """A bad line: the run stops on it with --strict, else it is skipped and counted."""
+        if strict:
+            raise DataError(f"{where}: {msg} (run without --strict to skip such lines)")
+        self.problems.append(f"{where}: {msg}")
+
     def summary(self, name: str, kept: int) -> str:
         s = f"{name}: {kept} utterances"
         if self.problems:
@@ -104,9 +110,7 @@ def _finish(entries, tokens: TokenList, sample_rate: int, strict: bool, report: 
     out = []
     for key, path, text, where in entries:
         def bad(msg):
-            if strict:
-                raise DataError(f"{where}: {msg} (run without --strict to skip such lines)")
-            report.problems.append(f"{where}: {msg}")
+            report.problem(where, msg, strict)
 
         try:
             n = audio_num_samples(path, sample_rate)
@@ -141,9 +145,7 @@ def read_jsonl(path, tokens: TokenList, sample_rate: int = 16000, strict: bool =
                 if missing:
                     raise ValueError(f"no string {' / '.join(repr(k) for k in missing)} (need key, source, target)")
             except ValueError as e:
-                if strict:
-                    raise DataError(f"{where}: {e} (run without --strict to skip such lines)") from e
-                report.problems.append(f"{where}: {e}")
+                report.problem(where, e, strict)
                 continue
             entries.append((str(d.get("key", f"{path.stem}-{n}")), _resolve(d["source"], path), d["target"], where))
     return _finish(entries, tokens, sample_rate, strict, report), report
@@ -169,9 +171,7 @@ def _two_columns(path: Path, strict: bool, report: DataReport) -> dict[str, tupl
             elif parts[0] in out:
                 msg = f"key {parts[0]!r} repeats (first at {out[parts[0]][1]})"
             if msg:
-                if strict:
-                    raise DataError(f"{where}: {msg} (run without --strict to skip such lines)")
-                report.problems.append(f"{where}: {msg}")
+                report.problem(where, msg, strict)
                 continue
             out[parts[0]] = (parts[1], where)
     return out
@@ -188,19 +188,13 @@ def read_scp(wav_scp, text, tokens: TokenList, sample_rate: int = 16000, strict:
     wavs, texts = _two_columns(wav_scp, strict, report), _two_columns(text, strict, report)
     entries = []
     for key, (wav, where) in wavs.items():
-        if key not in texts:
-            msg = f"key {key!r} has no line in {text}"
-            if strict:
-                raise DataError(f"{where}: {msg} (run without --strict to skip such lines)")
-            report.problems.append(f"{where}: {msg}")
-            continue
-        entries.append((key, _resolve(wav, wav_scp), texts[key][0], where))
+        if key in texts:
+            entries.append((key, _resolve(wav, wav_scp), texts[key][0], where))
+        else:
+            report.problem(where, f"key {key!r} has no line in {text}", strict)
     for key, (_, where) in texts.items():
         if key not in wavs:
-            msg = f"key {key!r} has no line in {wav_scp}"
-            if strict:
-                raise DataError(f"{where}: {msg} (run without --strict to skip such lines)")
-            report.problems.append(f"{where}: {msg}")
+            report.problem(where, f"key {key!r} has no line in {wav_scp}", strict)
     return _finish(entries, tokens, sample_rate, strict, report), report
 
 
