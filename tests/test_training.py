@@ -104,7 +104,7 @@ def test_glm_positions_are_drawn_as_funasr_draws_them(model):
 # --- padded batches ---------------------------------------------------------------------------------------------
 # FunASR's predictor convolution (kernel 3) reads encoder_out at the first padded frame of the shorter utterance,
 # a padded-position encoder output that is not zero, so that utterance's last alpha, its CIF embeddings and every
-# gradient differ from batch 1. We zero padded encoder frames (loss.zero_padded_frames): each utterance then
+# gradient differ from batch 1. We zero padded encoder frames (model.paraformer.zero_padded_frames, as greedy): each utterance then
 # contributes exactly its batch-1 terms. With length_normalized_loss, a batch's loss is Σ_b (terms_b) / Σ_b W_b,
 # so loss·W = Σ_b loss_b·W_b and the gradients combine the same way.
 

@@ -19,6 +19,14 @@ from .predictor import CifPredictorV2
 
 
 
+def zero_padded_frames(enc: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """enc (B, T, d) with frames t ≥ lengths[b] set to 0: padded frames hold garbage, and the predictor's
+    convolution must see batch-1 zero padding (inference and training alike; NaN-proof)."""
+    if not torch.compiler.is_compiling() and not bool((lengths < enc.size(1)).any()):  # no graph break on a value
+        return enc
+    return enc.masked_fill(~length_mask(lengths, enc.size(1))[:, :, None], 0.0)
+
+
 class CTC(nn.Module):
     """Only present when model_conf.ctc_weight > 0 (its weights must load); greedy decoding ignores it."""
 
@@ -81,17 +89,25 @@ class Paraformer(nn.Module):
         return self.decoder(encoder_out, encoder_lengths, acoustic_embeds.to(self.dtype), token_num)
 
     @torch.no_grad()
+    def decode_argmax(self, encoder_out, encoder_lengths, embeds, token_num) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids (B, N) int64, log-probability (B, N) float32) of the decoder's best token per position: greedy's
+        decoding, and training's first pass before the GLM sampler."""
+        if use_kernels(self.kernels, encoder_out.device):
+            # the fused projection + log_softmax + argmax: the (B, N, vocab) logits are never written
+            hidden = self.decoder.forward_hidden(encoder_out, encoder_lengths, embeds.to(self.dtype), token_num)
+            return out_proj_argmax(hidden, self.decoder.output_layer)  # nn.Linear or int8
+        logits = self.decode_logits(encoder_out, encoder_lengths, embeds, token_num)
+        best, ids = torch.log_softmax(logits.float(), dim=-1).max(dim=-1)
+        return ids, best
+
+    @torch.no_grad()
     def greedy(self, features: torch.Tensor, lengths: torch.Tensor, timer=None) -> GreedyOutput:
         """The whole inference path of FunASR's Paraformer.inference for a padded batch (spec §1.3),
         except that every item gets exactly its batch-1 result (see predictor.py).
         timer: optional object with mark(stage) called after "encoder", "predictor" and "decoder"."""
         mark = timer.mark if timer is not None else (lambda stage: None)
         lengths = lengths.to(features.device)
-        enc = self.encode(features, lengths)
-        if torch.compiler.is_compiling() or bool((lengths < enc.size(1)).any()):  # (no graph break on a value)
-            # padded frames hold garbage; zero them so nothing downstream can read it (NaN-proof)
-            valid = length_mask(lengths, enc.size(1))
-            enc = enc.masked_fill(~valid[:, :, None], 0.0)
+        enc = zero_padded_frames(self.encode(features, lengths), lengths)
         mark("encoder")
         pred = self.predictor(enc, lengths)
         mark("predictor")
@@ -100,13 +116,7 @@ class Paraformer(nn.Module):
         if N == 0:
             empty = torch.zeros(B, 0, dtype=torch.long, device=features.device)
             return GreedyOutput(empty, empty.float(), pred.token_num, enc, lengths, pred.alphas, pred.fires, pred.acoustic_embeds)
-        if use_kernels(self.kernels, enc.device):
-            # the fused projection + log_softmax + argmax: the (B, N, vocab) logits are never written
-            hidden = self.decoder.forward_hidden(enc, lengths, pred.acoustic_embeds.to(self.dtype), pred.token_num)
-            ids, best = out_proj_argmax(hidden, self.decoder.output_layer)  # nn.Linear or int8
-        else:
-            logits = self.decode_logits(enc, lengths, pred.acoustic_embeds, pred.token_num)
-            best, ids = torch.log_softmax(logits.float(), dim=-1).max(dim=-1)
+        ids, best = self.decode_argmax(enc, lengths, pred.acoustic_embeds, pred.token_num)
         mark("decoder")
         return GreedyOutput(ids, best, pred.token_num, enc, lengths, pred.alphas, pred.fires, pred.acoustic_embeds)
 

@@ -76,9 +76,6 @@ class CifPredictorV2(nn.Module):
         rescale to a target of ⌈Σα⌉ (cif with target_lengths): the same code, and embeddings whose weights sum
         to 1 as in training. Alphas and fires get a zero slot after the last frame, the shape the timestamps
         expect from the tail method."""
-        target = torch.ceil(alphas.double().sum(-1)).to(torch.int64)
-        out = cif(hidden.to(alphas.dtype), alphas, 1.0, lengths, 0.0, target, kernels=self.kernels)
-        scaled, _ = rescale_alphas(alphas, target, lengths)
-        pad = (0, 1)
-        n = int(out.token_num.max()) if out.token_num.numel() else 0
-        return PredictorOutput(out.acoustic_embeds[:, :n], out.token_num, F.pad(scaled, pad), F.pad(out.fires, pad))
+        scaled, _ = rescale_alphas(alphas, torch.ceil(alphas.double().sum(-1)).to(torch.int64), lengths)
+        out = cif(hidden.to(alphas.dtype), scaled, 1.0, lengths, 0.0, kernels=self.kernels)
+        return PredictorOutput(out.acoustic_embeds, out.token_num, F.pad(scaled, (0, 1)), F.pad(out.fires, (0, 1)))

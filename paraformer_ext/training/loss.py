@@ -5,8 +5,7 @@ from typing import Sequence
 
 import torch
 
-from .._ext import use_kernels
-from ..ops.out_proj import out_proj_argmax
+from ..model.paraformer import zero_padded_frames
 from ..quantize import Int8Linear
 from .criteria import label_smoothing_loss, mae_loss
 from .glm import glm_embeds, glm_mask, glm_target_num
@@ -47,25 +46,6 @@ def _targets(text, text_lengths, mc):
     if mc.predictor_bias == 1:
         ys = torch.where(ar == text_lengths[:, None], torch.full_like(ys, mc.eos), ys)
     return ys, lens
-
-
-def zero_padded_frames(enc: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """enc (B, T, d) with frames t ≥ lengths[b] set to 0 (as greedy does): the predictor's convolution then
-    sees batch-1 zero padding, and no gradient reaches a padded frame's encoder output."""
-    if not bool((lengths < enc.size(1)).any()):
-        return enc
-    valid = torch.arange(enc.size(1), device=enc.device)[None, :] < lengths[:, None]
-    return enc.masked_fill(~valid[:, :, None], 0.0)
-
-
-def _first_pass_ids(model, enc, lengths, embeds, ys_lens) -> torch.Tensor:
-    """Argmax of the decoder on the acoustic embeddings, without grad: (B, L) int64."""
-    with torch.no_grad():
-        if use_kernels(model.kernels, enc.device):
-            # the fused projection + argmax (as in greedy): the (B, L, vocab) logits are never written
-            hidden = model.decoder.forward_hidden(enc, lengths, embeds, ys_lens)
-            return out_proj_argmax(hidden, model.decoder.output_layer)[0]
-        return model.decoder(enc, lengths, embeds, ys_lens).argmax(-1)
 
 
 def compute_loss(model, speech: torch.Tensor, speech_lengths: torch.Tensor, text: torch.Tensor,
@@ -130,6 +110,7 @@ def compute_loss(model, speech: torch.Tensor, speech_lengths: torch.Tensor, text
 
     if model.training and model.cfg.specaug is not None:
         speech = spec_aug(speech, model.cfg.specaug, model.cfg.specaug_conf, generator)
+    # padded frames zeroed as in inference: an utterance trains the same in any batch (FunASR's does not)
     enc = zero_padded_frames(model.encode(speech, speech_lengths), speech_lengths)
     pred = model.predictor(enc, speech_lengths, target_lengths=ys_lens)
     token_length = pred.alphas.sum(-1)  # unscaled Σα: the MAE's prediction (tail is off with targets)
@@ -138,7 +119,7 @@ def compute_loss(model, speech: torch.Tensor, speech_lengths: torch.Tensor, text
 
     mask = None
     if ratio > 0:
-        first_ids = _first_pass_ids(model, enc, speech_lengths, acoustic, ys_lens)
+        first_ids = model.decode_argmax(enc, speech_lengths, acoustic, ys_lens)[0]
         n = glm_target_num(first_ids, ys, ys_lens, ratio)
         mask = glm_mask(n, ys_lens, L, positions=glm_positions, generator=generator)
         target_emb = model.decoder.embed(ys.clamp_min(0))  # FunASR embeds pads as id 0; they are zeroed after
