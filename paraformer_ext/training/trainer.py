@@ -115,7 +115,9 @@ class Trainer:
                              "train from scratch")
         init = Path(cfg.output_dir) / "scratch_init"
         if not (init / "model.pt").is_file():
-            utts, _ = read_list(cfg.train_data, TokenList.load(cfg.tokens), 16000, cfg.strict)
+            conf = yaml.safe_load(Path(cfg.config).read_text(encoding="utf-8")) or {}
+            fs = int((conf.get("frontend_conf") or {}).get("fs", 16000))  # lengths at the model's own rate
+            utts, _ = read_list(cfg.train_data, TokenList.load(cfg.tokens), fs, cfg.strict)
             build_initial_dir(cfg.config, cfg.tokens, utts, init, cfg.seed)
             (log or (lambda m: print(m, file=sys.stderr, flush=True)))(f"built {init} from {cfg.config} and {cfg.tokens} (random weights, CMVN of the training audio)")
         return replace(cfg, init=str(init))
