@@ -109,6 +109,30 @@ def cmd_train(a) -> int:
     return 0
 
 
+def cmd_make_corpus(a) -> int:
+    from .data.corpus import CorpusToolError, make_corpus
+
+    try:
+        summary = make_corpus(a.out, a.hours, seed=a.seed, workers=a.workers, progress=not a.quiet)
+    except (CorpusToolError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for split, s in summary["splits"].items():
+        print(f"{a.out}/{split}.jsonl: {s['utterances']} utterances, {s['hours']} h")
+    print(f"{a.out}/tokens.json: the token list to train with (--tokens)")
+    return 0
+
+
+def _corpus_parser(sub) -> None:
+    c = sub.add_parser("make-corpus", help="synthesize a Mandarin training corpus with espeak-ng and sox (FunASR jsonl lists)")
+    c.add_argument("out", help="output directory: train/valid/test.jsonl, audio/, tokens.json, corpus.json")
+    c.add_argument("--hours", type=float, required=True, help="total audio hours (train 96%%, valid 2%%, test 2%%)")
+    c.add_argument("--seed", type=int, default=0, help="the corpus is a function of the seed (default: 0)")
+    c.add_argument("--workers", type=int, default=None, help="synthesis processes (default: one per CPU)")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.set_defaults(fn=cmd_make_corpus)
+
+
 def _train_parser(sub) -> None:
     from .training.trainer import TrainConfig  # its defaults are the CLI's
 
@@ -130,6 +154,13 @@ def _train_parser(sub) -> None:
                             ("seed", int, "seed of the batch order, dropout, SpecAug and GLM draws")):
         default = getattr(TrainConfig, name.replace("-", "_"))
         r.add_argument(f"--{name}", type=typ, default=default, help=f"{what} (default: {default})")
+    r.add_argument("--sampling-ratio", type=float, default=None,
+                   help="the GLM sampler's ratio λ in [0, 1] (0: a vanilla non-autoregressive decoder; default: the "
+                        "config's model_conf.sampling_ratio)")
+    r.add_argument("--mwer-weight", type=float, default=0.0,
+                   help="> 0 adds MWER with negative sampling at this weight (default: 0, off)")
+    r.add_argument("--no-cache-features", dest="cache_features", action="store_false",
+                   help="recompute features every epoch instead of keeping them in memory (fp16, ~67 MB per hour)")
     r.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoints/last.pt")
     r.add_argument("--strict", action="store_true", help="stop at the first bad data line instead of skipping it")
     r.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to train (default: cpu)")
@@ -158,6 +189,7 @@ def main(argv=None) -> int:
     d.set_defaults(fn=cmd_demo)
 
     _train_parser(sub)
+    _corpus_parser(sub)
 
     i = sub.add_parser("info", help="what was compiled (CPU/CUDA kernels, archs, torch version)")
     i.set_defaults(fn=cmd_info)

@@ -22,6 +22,9 @@ PRESETS = {
     "large": dict(d_model=512, heads=4, units=2048, enc_blocks=50, dec_blocks=16, att_layers=16, kernel=11),
     # small and fast, with one FSMN-only decoders2 layer
     "small": dict(d_model=256, heads=4, units=1024, enc_blocks=6, dec_blocks=4, att_layers=3, kernel=11),
+    # trained on the synthetic Mandarin corpus (training.md §6's configs B and C; 3004 tokens: 3.6 M / 6.4 M)
+    "syn-b": dict(d_model=144, heads=4, units=576, enc_blocks=6, dec_blocks=4, att_layers=4, kernel=11),
+    "syn-c": dict(d_model=192, heads=4, units=768, enc_blocks=8, dec_blocks=3, att_layers=3, kernel=11),
     # the trainer's tests: a few seconds a step on 2 CPU cores, most of its 1.2 M parameters in the vocabulary
     "tiny": dict(d_model=64, heads=2, units=128, enc_blocks=2, dec_blocks=2, att_layers=1, kernel=11),
 }

@@ -257,3 +257,52 @@ def test_cli_needs_init_or_config(corpus, tmp_path, capsys):
     assert main(["train", "--train-data", str(d / "train.jsonl"), "--valid-data", str(d / "train.jsonl"),
                  "--output-dir", str(tmp_path / "o"), "--quiet"]) == 2
     assert "give --init" in capsys.readouterr().err
+
+
+def test_feature_cache_matches_fresh_features(corpus, tmp_path):
+    """Cached features are the fresh ones rounded to fp16 (and the batch padded with zeros): losses agree to
+    fp16 precision, and the cache fills once."""
+    d, model = corpus
+    cached = Trainer(config(d, model, tmp_path / "a", cache_features=True), log=lambda s: None)
+    fresh = Trainer(config(d, model, tmp_path / "b", cache_features=False), log=lambda s: None)
+    utts = cached.train_utts
+    fa, la, ta, tla = cached.features(utts)
+    fb, lb, tb, tlb = fresh.features(utts)
+    assert torch.equal(la, lb) and torch.equal(ta, tb) and len(cached._feat_cache) == len(utts)
+    for i in range(len(utts)):
+        n = int(la[i])
+        torch.testing.assert_close(fa[i, :n], fb[i, :n], rtol=1e-3, atol=1e-3)
+        assert not fa[i, n:].any()
+    assert fresh._feat_cache == {}
+    again = cached.features(utts)[0]
+    assert torch.equal(again, fa)
+    cached.model.eval(), fresh.model.eval()
+    with torch.no_grad():
+        from paraformer_ext.training.loss import compute_loss
+
+        a = compute_loss(cached.model, fa, la, ta, tla, sampling_ratio=0.0)["loss"]
+        b = compute_loss(fresh.model, fb, lb, tb, tlb, sampling_ratio=0.0)["loss"]
+    torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+
+
+def test_sampling_ratio_and_mwer_options(corpus, tmp_path, monkeypatch):
+    d, model = corpus
+    with pytest.raises(ValueError, match="sampling_ratio must be in"):
+        Trainer(config(d, model, tmp_path / "x", sampling_ratio=1.5))
+    with pytest.raises(ValueError, match="mwer_weight must be >= 0"):
+        Trainer(config(d, model, tmp_path / "x", mwer_weight=-1.0))
+    seen = []
+    import paraformer_ext.training.trainer as tr
+
+    real = tr.compute_loss
+
+    def spy(*a, **kw):
+        out = real(*a, **kw)
+        seen.append((kw.get("sampling_ratio"), kw.get("mwer"), "loss_mwer" in out))
+        return out
+
+    monkeypatch.setattr(tr, "compute_loss", spy)
+    Trainer(config(d, model, tmp_path / "y", epochs=1, sampling_ratio=0.0, mwer_weight=0.5),
+            log=lambda s: None).run()
+    train_calls = [s for s in seen if s[1] is not None]
+    assert train_calls and all(r == 0.0 and m.weight == 0.5 and has for r, m, has in train_calls)

@@ -1,0 +1,104 @@
+"""The synthetic corpus tool (paraformer_ext/data/corpus.py): text, pinyin guard, reproducibility, lists."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+corpus = pytest.importorskip("paraformer_ext.data.corpus")
+pytest.importorskip("pypinyin", reason="pypinyin missing: pip install 'paraformer_ext[corpus]'")
+pytest.importorskip("jieba", reason="jieba missing: pip install 'paraformer_ext[corpus]'")
+needs_tools = pytest.mark.skipif(shutil.which("espeak-ng") is None or shutil.which("sox") is None,
+                                 reason="espeak-ng/sox missing: apt-get install -y espeak-ng sox "
+                                        "(scripts/system_deps.sh does it in CI)")
+
+
+@pytest.fixture(scope="module")
+def lex():
+    return corpus.load_lexicon()
+
+
+def test_lexicon_vocabulary(lex):
+    assert len(lex.chars) == corpus.VOCAB_SIZE == len(set(lex.chars))
+    vocab = set(lex.chars)
+    assert all(set(w) <= vocab for w in lex.words)
+    assert abs(lex.weights.sum() - 1) < 1e-9 and (lex.weights > 0).all()
+    toks = corpus.tokens_for(lex)
+    assert len(toks) == 3004 and toks[:3] == ["<blank>", "<s>", "</s>"] and toks[-1] == "<unk>"
+    # the most frequent characters of Chinese text are in any sensible top 3000
+    assert {"的", "是", "在", "了", "中"} <= vocab
+
+
+def test_sentences_lengths_and_seeded(lex):
+    a = [corpus.make_sentence(lex, corpus._rng(3, "x", i)) for i in range(200)]
+    b = [corpus.make_sentence(lex, corpus._rng(3, "x", i)) for i in range(200)]
+    c = [corpus.make_sentence(lex, corpus._rng(4, "x", i)) for i in range(200)]
+    assert a == b and a != c
+    assert all(corpus.MIN_CHARS <= len(s) <= corpus.MAX_CHARS for s in a)
+
+
+@needs_tools
+def test_pinyin_guard():
+    py = corpus.Pinyin()
+    syls = py("今天天气很好")
+    assert syls == ["jin1", "tian1", "tian1", "qi4", "hen3", "hao3"]
+    assert py("今天abc") is None  # not Han: pypinyin passes it through without a tone
+    assert py("今天，好") is None
+    # a syllable espeak-ng would read with English rules is refused
+    assert py._check("jin1") and not py._check("hello1")
+
+
+def test_conditions_seeded_and_varied():
+    variants = ["m1", "f1", "klatt"]
+    a = [corpus.draw_condition(0, "train", i, variants) for i in range(300)]
+    assert a == [corpus.draw_condition(0, "train", i, variants) for i in range(300)]
+    assert a != [corpus.draw_condition(0, "test", i, variants) for i in range(300)]
+    assert {c["voice"] for c in a} == set(variants)
+    assert all(120 <= c["speed"] <= 210 and 20 <= c["pitch"] <= 80 for c in a)
+    assert all(c["effects"][:2] == ["gain", "-3"] for c in a)
+    snr = [c["snr_db"] for c in a if c["noise"]]
+    assert snr and all(10 <= s <= 40 for s in snr) and any(c["noise"] is None for c in a)
+
+
+def test_colored_noise_spectrum():
+    rng = np.random.default_rng(0)
+    for kind in ("white", "pink", "brown"):
+        x = corpus._colored_noise(1 << 15, kind, rng)
+        assert abs(np.sqrt(np.mean(x ** 2)) - 1) < 1e-9
+    p = np.abs(np.fft.rfft(corpus._colored_noise(1 << 15, "brown", rng))) ** 2
+    # brown noise: far more power at low than high frequencies
+    assert p[1:200].mean() > 100 * p[-2000:].mean()
+
+
+def test_missing_tools_say_how_to_install(monkeypatch):
+    monkeypatch.setattr(corpus.shutil, "which", lambda name: None)
+    with pytest.raises(corpus.CorpusToolError, match="apt-get install -y espeak-ng sox"):
+        corpus.check_tools()
+
+
+@needs_tools
+def test_make_corpus_reproducible_and_disjoint(tmp_path):
+    import soundfile as sf
+
+    a = corpus.make_corpus(tmp_path / "a", 0.012, seed=5, workers=1, progress=False)
+    corpus.make_corpus(tmp_path / "b", 0.012, seed=5, workers=2, progress=False)
+    texts = {}
+    for split in corpus.SPLITS:
+        la = (tmp_path / "a" / f"{split}.jsonl").read_text(encoding="utf-8")
+        assert la == (tmp_path / "b" / f"{split}.jsonl").read_text(encoding="utf-8")
+        rows = [json.loads(line) for line in la.splitlines()]
+        assert len(rows) == a["splits"][split]["utterances"] >= 1
+        texts[split] = {r["target"] for r in rows}
+        for r in rows:
+            xa, sr = sf.read(tmp_path / "a" / r["source"], dtype="float32")
+            xb, _ = sf.read(tmp_path / "b" / r["source"], dtype="float32")
+            assert sr == corpus.SAMPLE_RATE and np.array_equal(xa, xb)
+            assert abs(len(xa) / sr * 1000 - r["source_len"]) <= 1
+            assert len(r["pinyin"].split()) == len(r["target"]) == r["target_len"]
+            assert np.abs(xa).max() <= 0.99 and np.abs(xa).max() > 0.01  # speech, not silence, not clipped
+    assert not (texts["train"] & texts["test"]) and not (texts["train"] & texts["valid"])
+    assert not (texts["valid"] & texts["test"])
+    toks = json.loads((tmp_path / "a" / "tokens.json").read_text(encoding="utf-8"))
+    assert all(c in toks for t in texts["train"] for c in t)
