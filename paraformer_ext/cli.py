@@ -90,9 +90,18 @@ def cmd_info(a) -> int:
 
 
 def cmd_demo(a) -> int:
-    from .synthetic import run_demo
+    if a.random_model:
+        from .synthetic import run_demo
 
-    return run_demo(a)
+        return run_demo(a)
+    from .default_model import DefaultModelError
+    from .demo import run_shipped_demo
+
+    try:
+        return run_shipped_demo(a)
+    except DefaultModelError as e:
+        print(f"error: {e}\n(`paraformer-ext demo --random-model` runs the demo on random weights)", file=sys.stderr)
+        return 2
 
 
 def cmd_train(a) -> int:
@@ -173,7 +182,8 @@ def main(argv=None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     t = sub.add_parser("transcribe", help="transcribe audio files with a FunASR Paraformer model directory")
-    t.add_argument("--model", required=True, help="FunASR model directory (model.pt, config.yaml, am.mvn, tokens.json)")
+    t.add_argument("--model", default=None, help="FunASR model directory (model.pt, config.yaml, am.mvn, tokens.json); "
+                   "default: the small model shipped with paraformer_ext (espeak-ng synthetic Mandarin only)")
     t.add_argument("audio", nargs="+", help="audio files (wav/flac/ogg...; any sample rate, mono or stereo)")
     t.add_argument("--timestamps", action="store_true", help="add per-word [start_ms, end_ms] (FunASR's timestamps)")
     t.add_argument("--json", action="store_true", help="one JSON object per input: key, text, timestamp, token_ids")
@@ -181,8 +191,10 @@ def main(argv=None) -> int:
     _engine_args(t)
     t.set_defaults(fn=cmd_transcribe)
 
-    d = sub.add_parser("demo", help="self-contained demo: random-weight model + synthetic speech, kernels vs reference")
-    d.add_argument("--preset", default="small", choices=["small", "large"], help="model geometry (default: small)")
+    d = sub.add_parser("demo", help="the shipped model on held-out synthetic speech, then kernels vs reference timing")
+    d.add_argument("--random-model", action="store_true",
+                   help="instead: a random-weight model of --preset on synthetic noise-speech (timings of bigger models)")
+    d.add_argument("--preset", default="small", choices=["small", "large"], help="with --random-model: model geometry (default: small)")
     d.add_argument("--utterances", type=int, default=8, help="number of synthetic utterances (default: 8)")
     d.add_argument("--workdir", default=None, help="where to write the demo model and audio (default: a cache dir)")
     _add_model_args(d)

@@ -66,11 +66,15 @@ class Recognizer:
         return save_quantized(self.model, path, source=self.weights_path)
 
     @classmethod
-    def load(cls, model_dir, device="cpu", dtype=torch.float32, kernels: bool | None = None, quantize: str | None = None,
+    def load(cls, model_dir=None, device="cpu", dtype=torch.float32, kernels: bool | None = None, quantize: str | None = None,
              quantize_output_layer: bool = False, quantized_path=None, cif_threshold: str = "tail") -> "Recognizer":
         if cif_threshold not in ("tail", "dynamic"):
             raise ValueError(f"cif_threshold must be 'tail' (FunASR's, the default) or 'dynamic' (the paper's "
                              f"β = Σα / ⌈Σα⌉), got {cif_threshold!r}")
+        if model_dir is None:
+            from .default_model import default_model_dir
+
+            model_dir = default_model_dir()
         files = resolve_model_dir(model_dir)
         tokens = TokenList(files.tokens) if isinstance(files.tokens, list) else TokenList.load(files.tokens)
         fconf = dict(files.config.get("frontend_conf") or {})
@@ -142,9 +146,10 @@ class Recognizer:
         return results  # type: ignore[return-value]
 
 
-def load(model_dir, device="cpu", dtype=torch.float32, kernels: bool | None = None, quantize: str | None = None,
+def load(model_dir=None, device="cpu", dtype=torch.float32, kernels: bool | None = None, quantize: str | None = None,
          quantize_output_layer: bool = False, quantized_path=None, cif_threshold: str = "tail") -> Recognizer:
-    """Load a FunASR Paraformer model directory (model.pt, config.yaml, am.mvn, tokens.json|tokens.txt).
+    """Load a FunASR Paraformer model directory (model.pt, config.yaml, am.mvn, tokens.json|tokens.txt); None:
+    the small model shipped with paraformer_ext (default_model.py; it knows only espeak-ng synthetic Mandarin).
 
     device: "cpu" or "cuda"; dtype: float32 / float16 / bfloat16 for encoder and decoder (the predictor
     and CIF stay float32); kernels: the compiled ops (True: or an error saying why they cannot run), the plain

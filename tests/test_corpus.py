@@ -102,3 +102,48 @@ def test_make_corpus_reproducible_and_disjoint(tmp_path):
     assert not (texts["valid"] & texts["test"])
     toks = json.loads((tmp_path / "a" / "tokens.json").read_text(encoding="utf-8"))
     assert all(c in toks for t in texts["train"] for c in t)
+
+
+def test_align_counts_edits_and_reconstructs():
+    from paraformer_ext.metrics import align, edit_distance
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        a = list(rng.integers(0, 4, rng.integers(0, 8)))
+        b = list(rng.integers(0, 4, rng.integers(0, 8)))
+        ops = align(a, b)
+        assert sum(op != "=" for op, _, _ in ops) == edit_distance(a, b)
+        assert [a[i] for op, i, _ in ops if i is not None] == a  # every ref item once, in order
+        assert [b[j] for op, _, j in ops if j is not None] == b
+        assert all((a[i] == b[j]) == (op == "=") for op, i, j in ops if i is not None and j is not None)
+
+
+def test_score_counts_homophones_and_groups():
+    from paraformer_ext.data.evaluate import score
+
+    rows = [{"key": "a", "target": "今天天气", "pinyin": "jin1 tian1 tian1 qi4", "voice": "m1", "speed": 130,
+             "noise": None},
+            {"key": "b", "target": "很好", "pinyin": "hen3 hao3", "voice": "f1", "speed": 200, "noise": "pink"}]
+    # 金 is jin1 (a homophone of 今); 汽 is qi4 (homophone of 气); 坏 is not a homophone of 好
+    s = score(rows, ["金天天汽", "很坏"])
+    assert (s["sub"], s["del"], s["ins"]) == (3, 0, 0) and s["cer"] == round(3 / 6, 4)
+    assert s["homophone_error_rate"] == round(2 / 6, 4) and s["sentence_accuracy"] == 0
+    assert s["by_voice"]["m1"]["cer"] == 0.5 and s["by_speed"]["180-210"]["cer"] == 0.5
+    assert s["by_noise"]["none"]["utterances"] == 1
+    assert score(rows, ["今天天气", "很好"])["cer"] == 0
+
+
+@needs_tools
+def test_syllable_by_syllable_bounds_hold_the_speech():
+    from paraformer_ext.data.evaluate import syllable_by_syllable
+
+    cond = {"voice": "m1", "speed": 170, "pitch": 50, "effects": ["gain", "-3"], "noise": None}
+    audio, bounds = syllable_by_syllable(["ni3", "hao3", "shi4", "jie4"], cond, seed=0)
+    assert len(bounds) == 4
+    flat = [t for b in bounds for t in b]
+    assert flat == sorted(flat) and flat[-1] <= len(audio) / 16
+    inside = np.zeros(len(audio), bool)
+    for s, e in bounds:
+        inside[s * 16: e * 16] = True
+    # the pauses between the syllables are digital silence (noise off); the syllables are not
+    assert np.abs(audio[~inside]).max() < 1e-3 < np.abs(audio[inside]).max()

@@ -9,9 +9,10 @@ on a download, and an offline machine has the VAD. They are the unmodified files
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
+
+from ..bundled import check_files
 
 __all__ = ["bundled_model_dir", "resolve_model_dir", "validate_model_dir", "VadWeightsError", "MODEL_FILES",
            "BUNDLED_DIR"]
@@ -28,27 +29,10 @@ class VadWeightsError(RuntimeError):
     """The fsmn-vad model files are missing, damaged, or not an FSMN VAD."""
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def bundled_model_dir() -> Path:
     """The shipped fsmn-vad directory, after checking every file against its pinned sha256."""
-    for name, sha in MODEL_FILES.items():
-        path = BUNDLED_DIR / name
-        if not path.is_file():
-            raise VadWeightsError(f"the packaged fsmn-vad file {path} is missing: the paraformer_ext installation is "
-                                  "incomplete; reinstall it (`pip install --force-reinstall paraformer_ext`), or "
-                                  "pass a FunASR fsmn-vad directory (vad_model_dir= / --vad-model-dir)")
-        got = _sha256_file(path)
-        if got != sha:
-            raise VadWeightsError(f"the packaged fsmn-vad file {path} has sha256 {got}, expected {sha}: it was "
-                                  "changed or damaged; reinstall paraformer_ext")
-    return BUNDLED_DIR
+    return check_files(BUNDLED_DIR, MODEL_FILES, "fsmn-vad", VadWeightsError,
+                       "pass a FunASR fsmn-vad directory (vad_model_dir= / --vad-model-dir)")
 
 
 def validate_model_dir(model_dir: str | os.PathLike) -> Path:
