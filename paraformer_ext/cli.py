@@ -105,6 +105,7 @@ def cmd_demo(a) -> int:
 
 
 def cmd_train(a) -> int:
+    from .training.distributed import RankLostError
     from .training.trainer import TrainConfig, train
 
     cfg = TrainConfig(**{k: v for k, v in vars(a).items() if k not in ("cmd", "fn", "quiet")}, progress=not a.quiet)
@@ -115,6 +116,9 @@ def cmd_train(a) -> int:
     except (ValueError, FileNotFoundError) as e:  # bad data lists, model directories, options: the message says which
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RankLostError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     return 0
 
 

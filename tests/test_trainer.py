@@ -306,3 +306,18 @@ def test_sampling_ratio_and_mwer_options(corpus, tmp_path, monkeypatch):
             log=lambda s: None).run()
     train_calls = [s for s in seen if s[1] is not None]
     assert train_calls and all(r == 0.0 and m.weight == 0.5 and has for r, m, has in train_calls)
+
+
+def test_sigterm_saves_a_checkpoint_like_ctrl_c(corpus, tmp_path):
+    import os
+    import signal
+
+    d, model = corpus
+    t = Trainer(config(d, model, tmp_path / "t"), log=lambda s: None)
+    t.hooks.append(lambda trainer, out: trainer.step == 2 and os.kill(os.getpid(), signal.SIGTERM))
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        t.run()
+    assert signal.getsignal(signal.SIGTERM) is before  # the trainer's handler is gone again
+    st = torch.load(tmp_path / "t" / "checkpoints" / "last.pt", weights_only=False)
+    assert st["scheduler"]["step"] == 2

@@ -23,6 +23,7 @@ import yaml
 from ..audio import AudioError, load_audio
 from ..checkpoint import resolve_model_dir
 from ..metrics import character_errors
+from . import distributed
 from .data import DataError, make_batches, read_list
 from .loss import compute_loss
 from .mwer import MwerConfig
@@ -73,8 +74,9 @@ class Trainer:
         if cfg.accum_grad < 1 or cfg.epochs < 1 or cfg.max_batch_frames < 1 or cfg.warmup < 1 or cfg.keep_best < 1:
             raise ValueError("accum_grad, epochs, max_batch_frames, warmup and keep_best must all be >= 1, got "
                              f"{cfg.accum_grad}, {cfg.epochs}, {cfg.max_batch_frames}, {cfg.warmup}, {cfg.keep_best}")
+        self.world = distributed.setup(cfg.device)
         if cfg.init is None:
-            cfg = self._from_scratch(cfg, log)
+            cfg = self._from_scratch(cfg, log, self.world)
         elif cfg.config or cfg.tokens:
             raise ValueError("--config and --tokens build a model from scratch; with --init the architecture and "
                              "tokens are the init directory's: give one or the other")
@@ -82,15 +84,20 @@ class Trainer:
             raise ValueError(f"--output-dir {cfg.output_dir} is the --init directory: the result would overwrite the "
                              "model it starts from; choose another output directory")
         self.cfg = cfg
-        self.log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+        quiet = lambda s: None  # noqa: E731  (ranks other than 0 do not log)
+        self.log = (log or (lambda s: print(s, file=sys.stderr, flush=True))) if self.world.main else quiet
         self.out = Path(cfg.output_dir)
         self.ckpt_dir = self.out / "checkpoints"
-        torch.manual_seed(cfg.seed)
+        # rank 0 keeps the seed, so a one-process run is the same with or without torchrun; every other rank
+        # gets its own dropout, SpecAug, GLM and MWER streams
+        seed = cfg.seed + 7919 * self.world.rank
+        torch.manual_seed(seed)
         self.files = resolve_model_dir(cfg.init)
-        rec = load(cfg.init, device=cfg.device, kernels=cfg.kernels)
+        device = distributed.device_for(self.world, cfg.device)
+        rec = load(cfg.init, device=device, kernels=cfg.kernels)
         self.pipeline = rec.pipeline
         self.model = rec.model.requires_grad_(True)
-        self.device = torch.device(cfg.device)
+        self.device = torch.device(device)
         sr = self.pipeline.sample_rate
         self.train_utts, rep = read_list(cfg.train_data, self.pipeline.tokens, sr, cfg.strict)
         self.log(rep.summary(f"train {cfg.train_data}", len(self.train_utts)))
@@ -101,7 +108,15 @@ class Trainer:
         self.train_frames = [self.pipeline.feature_frames(u.samples) for u in self.train_utts]
         self.valid_frames = [self.pipeline.feature_frames(u.samples) for u in self.valid_utts]
         self.opt = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=cfg.lr)
-        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.loss_fn = lambda *a, **kw: compute_loss(self.model, *a, **kw)  # noqa: E731
+        if self.world.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # find_unused_parameters: decoder.embed takes no gradient when the GLM sampler picks no position
+            self.loss_fn = DistributedDataParallel(
+                distributed.LossModule(self.model, compute_loss), find_unused_parameters=True,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.step = 0  # optimizer steps taken
         self.epoch, self.batch = 0, 0  # the data position: the next batch to train on
         self.history: list[dict] = []  # per epoch: epoch, step, valid_loss, valid_cer, file
@@ -115,7 +130,7 @@ class Trainer:
         self._set_lr()
 
     @staticmethod
-    def _from_scratch(cfg: TrainConfig, log) -> TrainConfig:
+    def _from_scratch(cfg: TrainConfig, log, world: distributed.World = distributed.World()) -> TrainConfig:
         """cfg with init = OUTPUT_DIR/scratch_init, built from --config and --tokens on the first run (kept for
         --resume: its CMVN was measured once)."""
         from dataclasses import replace
@@ -127,12 +142,13 @@ class Trainer:
             raise ValueError("give --init FUNASR_DIR to fine-tune, or --config CONFIG.yaml and --tokens TOKENS to "
                              "train from scratch")
         init = Path(cfg.output_dir) / "scratch_init"
-        if not (init / "model.pt").is_file():
+        if world.main and not (init / "model.pt").is_file():
             conf = yaml.safe_load(Path(cfg.config).read_text(encoding="utf-8")) or {}
             fs = int((conf.get("frontend_conf") or {}).get("fs", 16000))  # lengths at the model's own rate
             utts, _ = read_list(cfg.train_data, TokenList.load(cfg.tokens), fs, cfg.strict)
             build_initial_dir(cfg.config, cfg.tokens, utts, init, cfg.seed)
             (log or (lambda m: print(m, file=sys.stderr, flush=True)))(f"built {init} from {cfg.config} and {cfg.tokens} (random weights, CMVN of the training audio)")
+        distributed.barrier(world)  # the other ranks start from the directory rank 0 built
         return replace(cfg, init=str(init))
 
     # --- state -----------------------------------------------------------------------------------------
@@ -143,22 +159,31 @@ class Trainer:
             g["lr"] = lr
         return lr
 
-    def state(self) -> dict:
+    def _rng_state(self) -> dict:
         rng = {"torch": torch.get_rng_state(), "generator": self.generator.get_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return rng
+
+    def state(self, rng_ranks: list[dict] | None = None) -> dict:
+        """Everything a resumed run needs; rng_ranks: every rank's random state (default: this rank's)."""
         return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 "scheduler": {"name": "warmuplr", "step": self.step, "warmup": self.cfg.warmup, "lr": self.cfg.lr},
-                "rng": rng, "position": {"epoch": self.epoch, "batch": self.batch}, "history": self.history,
+                "rng": {"ranks": rng_ranks or [self._rng_state()]}, "world_size": self.world.size,
+                "position": {"epoch": self.epoch, "batch": self.batch}, "history": self.history,
                 "config": asdict(self.cfg)}
 
-    def save(self, name: str = "last.pt") -> Path:
-        """Write a full checkpoint atomically (a crash mid-write leaves the previous one intact)."""
-        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+    def save(self, name: str = "last.pt", gather: bool = True) -> Path:
+        """Write a full checkpoint atomically (a crash mid-write leaves the previous one intact). Under torchrun
+        every rank must call it (its random state is gathered); rank 0 writes. gather=False: this rank's state
+        only (an interrupt, when the other ranks may be gone)."""
+        rngs = distributed.gather_objects(self.world, self._rng_state()) if gather else None
         path = self.ckpt_dir / name
-        tmp = path.with_suffix(".tmp")
-        torch.save(self.state(), tmp)
-        os.replace(tmp, path)
+        if self.world.main:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            torch.save(self.state(rngs), tmp)
+            os.replace(tmp, path)
         return path
 
     def resume(self) -> None:
@@ -167,13 +192,23 @@ class Trainer:
             raise FileNotFoundError(f"--resume: no checkpoint {path}; start without --resume, or pass the "
                                     "--output-dir of the run to continue")
         st = torch.load(path, map_location="cpu", weights_only=False)
+        written_by = st.get("world_size", 1)
+        if written_by != self.world.size:
+            raise ValueError(f"--resume: {path} was written by {written_by} training process(es), this run has "
+                             f"{self.world.size}; the data position is per shard, so resume with the same number "
+                             f"(torchrun --nproc_per_node / --nnodes)")
         self.model.load_state_dict(st["model"])
         self.opt.load_state_dict(st["optimizer"])
         self.step = st["scheduler"]["step"]
-        torch.set_rng_state(st["rng"]["torch"])
-        self.generator.set_state(st["rng"]["generator"])
-        if "cuda" in st["rng"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state(st["rng"]["cuda"], self.device)
+        ranks = st["rng"]["ranks"] if "ranks" in st["rng"] else [st["rng"]]  # older checkpoints: one rank
+        rng = ranks[self.world.rank] if self.world.rank < len(ranks) else None
+        if rng is None:  # written by an interrupt, which only rank 0 could save
+            self.log("note: this checkpoint holds rank 0's random state only; the other ranks re-seed")
+        else:
+            torch.set_rng_state(rng["torch"])
+            self.generator.set_state(rng["generator"])
+            if "cuda" in rng and self.device.type == "cuda":
+                torch.cuda.set_rng_state(rng["cuda"], self.device)
         self.epoch, self.batch = st["position"]["epoch"], st["position"]["batch"]
         self.history = st["history"]
         self._set_lr()
@@ -252,40 +287,86 @@ class Trainer:
         return tqdm(total=total, initial=initial, unit="batch", dynamic_ncols=True, leave=False,
                     desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}")
 
-    def run(self) -> Path:
-        """Train to the last epoch (or until Ctrl-C, which saves last.pt and re-raises), then write the output."""
+    def run(self) -> Path | None:
+        """Train to the last epoch (or until Ctrl-C or SIGTERM, which save last.pt and raise KeyboardInterrupt),
+        then write the output (rank 0 under torchrun; the other ranks return None)."""
+        import signal
+        import threading
+
+        def stop(signum, frame):  # SIGTERM (a job scheduler, a closing session): stop like Ctrl-C, checkpoint saved
+            raise KeyboardInterrupt(f"signal {signum}")
+
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, stop) if main_thread else None
         try:
             self._loop()
         except KeyboardInterrupt:
             self.opt.zero_grad(set_to_none=True)  # a partial accumulation is dropped; its batches are redone
-            path = self.save()
-            self.log(f"interrupted: saved {path} (step {self.step}); continue with --resume")
+            if self.world.distributed:
+                # the other ranks are being interrupted too: no collective can be trusted now
+                self.log(f"interrupted at step {self.step}; continue from the last checkpoint with --resume")
+            else:
+                path = self.save(gather=False)
+                self.log(f"interrupted: saved {path} (step {self.step}); continue with --resume")
             raise
-        return self.export()
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous)
+            distributed.shutdown(self.world)
+        return self.export() if self.world.main else None
+
+    def _shard(self, batches: list[list[int]]) -> list[list[int]]:
+        """This rank's batches: every world.size-th, the same count on every rank (the rest of the epoch's
+        batches is left out, as a sampler with drop_last does), so that all ranks step together."""
+        if not self.world.distributed:
+            return batches
+        per = len(batches) // self.world.size
+        if per == 0:
+            raise DataError(f"{len(batches)} batches per epoch cannot feed {self.world.size} training processes: "
+                            "lower --max-batch-frames or use fewer processes")
+        return batches[self.world.rank::self.world.size][:per]
+
+    def _all_agree(self, flag: bool) -> bool:
+        """True when `flag` is true on any rank (one value for all ranks' decisions)."""
+        if not self.world.distributed:
+            return flag
+        return distributed.global_sum(self.world, float(flag), self.device) > 0
 
     def _loop(self) -> None:
         cfg = self.cfg
         self.model.train()
         last_save = time.monotonic()
         while self.epoch < cfg.epochs:
-            batches = make_batches(self.train_frames, cfg.max_batch_frames, cfg.seed, self.epoch)
-            bar = self._bar(len(batches), self.batch)
+            batches = self._shard(make_batches(self.train_frames, cfg.max_batch_frames, cfg.seed, self.epoch))
+            bar = self._bar(len(batches), self.batch) if self.world.main else None
             pending, t0, frames, last_loss = 0, time.perf_counter(), 0, float("nan")
             for bi in range(self.batch, len(batches)):
                 utts = [self.train_utts[i] for i in batches[bi]]
+                error = None
                 try:
                     feats, flens, text, tl = self.features(utts)
                 except AudioError as e:  # the header read, the samples do not: name it, lose one batch, not the run
                     if cfg.strict:
                         raise
-                    self.log(f"skipped a batch of {len(utts)}: {e} (listed at {self._where(utts, e)})")
+                    error = e
+                    print(f"skipped a batch of {len(utts)}: {e} (listed at {self._where(utts, e)})", file=sys.stderr,
+                          flush=True)
+                if self._all_agree(error is not None):  # every rank skips it, or the collectives would hang
                     self.skipped += 1
                     if bar is not None:
                         bar.update(1)
                     continue
-                out = compute_loss(self.model, feats, flens, text, tl, sampling_ratio=cfg.sampling_ratio,
-                                   mwer=self.mwer, generator=self.generator)
-                (out["loss"] / cfg.accum_grad).backward()
+                out = self.loss_fn(feats, flens, text, tl, sampling_ratio=cfg.sampling_ratio, mwer=self.mwer,
+                                   generator=self.generator)
+                scale = 1.0
+                if self.world.distributed:  # DDP averages: weigh by token share so the union batch is trained
+                    scale = self.world.size * out["weight"] / distributed.global_sum(self.world, out["weight"], self.device)
+                try:
+                    (out["loss"] * (scale / cfg.accum_grad)).backward()  # under DDP: the gradient all-reduce
+                except RuntimeError as e:
+                    if self.world.distributed and distributed.is_comm_error(e):
+                        raise distributed.collective_error(e) from e
+                    raise
                 pending += 1
                 last_loss = float(out["loss"].detach())
                 frames += int(flens.sum())
@@ -302,12 +383,13 @@ class Trainer:
                     self.batch = bi + 1  # the position only moves at step boundaries: resume redoes no half step
                     if bar is not None:
                         dt = time.perf_counter() - t0
-                        # frames are 60 ms LFR frames: audio seconds trained per wall second
+                        # frames are 60 ms LFR frames: audio seconds trained per wall second (this rank)
                         bar.set_postfix(loss=f"{last_loss:.3f}", acc=f"{out['acc']:.2f}", lr=f"{lr:.2e}",
                                         speed=f"{frames * 0.06 / max(dt, 1e-9):.0f}x")
                     for hook in self.hooks:
                         hook(self, out)
-                    if time.monotonic() - last_save >= cfg.save_every_min * 60:
+                    # rank 0's clock decides for everyone: save() is a collective
+                    if self._all_agree(self.world.main and time.monotonic() - last_save >= cfg.save_every_min * 60):
                         self.save()
                         last_save = time.monotonic()
                 if bar is not None:
@@ -316,15 +398,16 @@ class Trainer:
                 bar.close()
             if pending:  # only when the epoch's last batch was skipped: its partial accumulation is dropped
                 self.opt.zero_grad(set_to_none=True)
-            vloss, vcer = self.validate()
+            vloss, vcer = self.validate() if self.world.main else (float("nan"), float("nan"))
             self.epoch, self.batch = self.epoch + 1, 0
             name = f"epoch{self.epoch}.pt"
             self.history.append({"epoch": self.epoch, "step": self.step, "valid_loss": vloss, "valid_cer": vcer, "file": name})
             self.log(f"epoch {self.epoch}: step {self.step}, train loss {last_loss:.4f}, "
                      f"valid loss {vloss:.4f}, valid CER {vcer:.2%}")
-            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-            torch.save(self.model.state_dict(), self.ckpt_dir / name)
-            self._prune()
+            if self.world.main:
+                self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+                torch.save(self.model.state_dict(), self.ckpt_dir / name)
+                self._prune()
             self.save()
             last_save = time.monotonic()
 
