@@ -144,7 +144,8 @@ std::tuple<at::Tensor, at::Tensor> hotword_decode_cpu(const at::Tensor& logp_in,
   std::vector<std::vector<std::pair<int64_t, int64_t>>> back(N);  // per position: survivors' (parent, token)
   std::vector<int64_t> slot(g.S, -1);
   std::vector<std::pair<float, int64_t>> top;
-  std::vector<int64_t> shared;
+  std::vector<int64_t> shared, starts;
+  std::vector<int64_t> seen(V, 0);  // seen[v] == stamp: v continues the current hypothesis' open match
   std::vector<double> prio;
   std::vector<int64_t> order;
 
@@ -167,13 +168,14 @@ std::tuple<at::Tensor, at::Tensor> hotword_decode_cpu(const at::Tensor& logp_in,
     auto d = [&](int64_t v) { return static_cast<double>(row[v]) - mx; };
 
     shared.clear();
+    starts.clear();
     const bool forced = t == N - 1 && eos_id >= 0 && top[0].second == eos_id;
     if (forced) {
       shared.push_back(eos_id);  // `</s>` protected: the last position keeps it
     } else {
       for (const auto& p : top) shared.push_back(p.second);
       for (int64_t e = 0; e < n_first; ++e)
-        if (d(first[2 * e]) >= -margin) shared.push_back(first[2 * e]);
+        if (d(first[2 * e]) >= -margin) starts.push_back(e);
     }
 
     cands.clear();
@@ -187,9 +189,19 @@ std::tuple<at::Tensor, at::Tensor> hotword_decode_cpu(const at::Tensor& logp_in,
       for (int64_t v : shared) add(v);
       if (forced) continue;
       // continuations of the open partial match (and of its shorter suffixes) within the margin
+      const int64_t stamp = t * (beam + 1) + i + 1;
       for (int64_t u = s; u != 0; u = g.fail(u))
-        for (int64_t e = g.off[u]; e < g.off[u + 1]; ++e)
-          if (d(g.edges[2 * e]) >= -margin) add(g.edges[2 * e]);
+        for (int64_t e = g.off[u]; e < g.off[u + 1]; ++e) {
+          const int64_t v = g.edges[2 * e];
+          if (d(v) >= -margin) add(v);
+          seen[v] = stamp;
+        }
+      // hotword starts: unless a continuation above took the token, δ(s, v) is the root's child, known
+      // without a search (with ~1,000 hotwords this loop is most of the work)
+      for (int64_t e : starts) {
+        const int64_t v = first[2 * e], n = first[2 * e + 1];
+        if (seen[v] != stamp) cands.push_back({base + d(v) + g.out(n), n, i, v});
+      }
     }
 
     // merge by graph state: future scores depend only on the state, so the best per state is kept losslessly

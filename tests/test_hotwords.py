@@ -240,6 +240,14 @@ def test_cpp_equals_ref_random_sweep():
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]), (case, over, a, b)
 
 
+@pytest.mark.skipif(not has_kernels(), reason="compiled extension not built")
+def test_opcheck():
+    graph = HotwordList({"阿里": 20, "阿里巴巴": 50}).compile(TOKENS)
+    for logp in (rows({"阿": 0.0}, {"里": -1.0}, {"巴": 0.0}), torch.zeros(0, V)):
+        torch.library.opcheck(torch.ops.paraformer_ext.hotword_decode.default,
+                              (logp, graph.child_offsets, graph.edges, graph.nodes, graph.node_scores, 4, 2, 9.0, EOS_ID))
+
+
 # --- bad input to the op -------------------------------------------------------------------------------------
 
 
