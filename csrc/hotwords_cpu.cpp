@@ -146,6 +146,7 @@ std::tuple<at::Tensor, at::Tensor> hotword_decode_cpu(const at::Tensor& logp_in,
   std::vector<std::pair<float, int64_t>> top;
   std::vector<int64_t> shared, starts;
   std::vector<int64_t> seen(V, 0);  // seen[v] == stamp: v continues the current hypothesis' open match
+  int64_t stamps = 0;
   std::vector<double> prio;
   std::vector<int64_t> order;
 
@@ -189,7 +190,7 @@ std::tuple<at::Tensor, at::Tensor> hotword_decode_cpu(const at::Tensor& logp_in,
       for (int64_t v : shared) add(v);
       if (forced) continue;
       // continuations of the open partial match (and of its shorter suffixes) within the margin
-      const int64_t stamp = t * (beam + 1) + i + 1;
+      const int64_t stamp = ++stamps;  // a fresh mark per hypothesis, so `seen` is never cleared
       for (int64_t u = s; u != 0; u = g.fail(u))
         for (int64_t e = g.off[u]; e < g.off[u + 1]; ++e) {
           const int64_t v = g.edges[2 * e];
