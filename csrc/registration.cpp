@@ -44,10 +44,17 @@ TORCH_LIBRARY(paraformer_ext, m) {
   // Returns (ids (M,) int64, logp (M,) float32): the argmax of each row's logits (lowest index on ties) and
   // its log-probability. Inference only: no autograd.
   m.def("out_proj_argmax(Tensor x, Tensor weight, Tensor? bias, Tensor? weight_scale, int chunk) -> (Tensor, Tensor)");
+  // Hotword biasing: beam search over one utterance's CIF positions (semantics in paraformer_ext/ops/hotwords.py).
+  // logp: (N, V) float32 on the CPU; the Aho-Corasick graph: child_offsets (S+1,), edges (E, 2) [token, child],
+  // nodes (S, 4) [fail, depth, word, dict_next] int64, node_scores (S, 2) [provisional, completion] float64.
+  // Returns (ids (N,) int64, fired (F, 3) int64 [word, start, end)). Host only, inference only: no autograd.
+  m.def("hotword_decode(Tensor logp, Tensor child_offsets, Tensor edges, Tensor nodes, Tensor node_scores, int beam, "
+        "int topk, float margin, int eos_id) -> (Tensor, Tensor)");
 }
 
 // Not differentiable (an argmax and its log-probability for decoding): autograd passes straight through, so
 // the outputs never require grad, even for an nn.Linear's parameters outside no_grad.
 TORCH_LIBRARY_IMPL(paraformer_ext, Autograd, m) {
   m.impl("out_proj_argmax", torch::CppFunction::makeFallthrough());
+  m.impl("hotword_decode", torch::CppFunction::makeFallthrough());
 }

@@ -4,13 +4,18 @@
     asr = paraformer_ext.load("path/to/funasr/model_dir", device="cpu")
     for r in asr.transcribe(["a.wav", "b.wav"], timestamps=True):
         print(r["key"], r["text"], r["timestamp"])
+    # hotwords (contextual biasing, no retraining): for every call, or per call (merged, the call's weights win)
+    asr = paraformer_ext.load("path/to/model_dir", hotwords={"阿里巴巴": 20})
+    asr.transcribe("a.wav", hotwords={"通义": 30})[0]["hotwords"]   # [{"word", "start", "end"}, ...]
 """
 from ._ext import build_info, has_cuda_kernels, has_kernels
 from .audio import AudioError, load_audio
 from .checkpoint import ModelLoadError
+from .hotwords import HotwordError, HotwordGraph, HotwordList
 from .model.config import UnsupportedModelError
 from .ops.cif import CifOutput, cif, cif_cumsum, cif_fn, cif_ref
 from .ops.fsmn import fsmn_memory, fsmn_memory_fn, fsmn_memory_ref
+from .ops.hotwords import hotword_decode, hotword_decode_fn, hotword_decode_ref
 from .ops.out_proj import out_proj_argmax, out_proj_argmax_fn, out_proj_argmax_ref
 from .quantize import Int8Linear, quantize, save_quantized
 from .recognizer import Recognizer, load
@@ -26,6 +31,9 @@ __all__ = [
     "load_audio",
     "AudioError",
     "ModelLoadError",
+    "HotwordList",
+    "HotwordGraph",
+    "HotwordError",
     "UnsupportedModelError",
     "build_info",
     "has_kernels",
@@ -41,4 +49,7 @@ __all__ = [
     "out_proj_argmax",
     "out_proj_argmax_fn",
     "out_proj_argmax_ref",
+    "hotword_decode",
+    "hotword_decode_fn",
+    "hotword_decode_ref",
 ]

@@ -56,20 +56,32 @@ def _print_results(results, as_json: bool, timestamps: bool) -> int:
             out["token_ids"] = r["token_ids"]
             if "segments" in r:
                 out["segments"] = r["segments"]
+            if "hotwords" in r:
+                out["hotwords"] = r["hotwords"]
             print(json.dumps(out, ensure_ascii=False), flush=True)
         else:
             line = f"{r['key']}\t{r['text']}"
             if timestamps:
                 line += "\t" + json.dumps(r["timestamp"])
+            if "hotwords" in r:
+                line += "\t" + json.dumps(r["hotwords"], ensure_ascii=False)
             print(line, flush=True)
     return 1 if failed else 0
 
 
 def cmd_transcribe(a) -> int:
+    from pathlib import Path
+
+    from .hotwords import HotwordError
     from .recognizer import load
 
-    asr = load(a.model, device=a.device, dtype=a.dtype, kernels=not a.no_kernels, quantize=a.quantize,
-               quantize_output_layer=a.quantize_output_layer, cif_threshold=a.cif_threshold)
+    try:
+        asr = load(a.model, device=a.device, dtype=a.dtype, kernels=not a.no_kernels, quantize=a.quantize,
+                   quantize_output_layer=a.quantize_output_layer, cif_threshold=a.cif_threshold,
+                   hotwords=Path(a.hotword) if a.hotword else None, hotword_token_bonus=a.hotword_token_bonus)
+    except HotwordError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     pairs = asr.transcribe_iter(
         a.audio, batch_size=a.batch_size, max_batch_frames=a.max_batch_frames, timestamps=a.timestamps,
         long_audio_s=a.long_audio_s, segmenter=a.segmenter, window_s=a.window_s, vad_model_dir=a.vad_model_dir,
@@ -191,6 +203,11 @@ def main(argv=None) -> int:
     t.add_argument("audio", nargs="+", help="audio files (wav/flac/ogg...; any sample rate, mono or stereo)")
     t.add_argument("--timestamps", action="store_true", help="add per-word [start_ms, end_ms] (FunASR's timestamps)")
     t.add_argument("--json", action="store_true", help="one JSON object per input: key, text, timestamp, token_ids")
+    t.add_argument("--hotword", default=None, metavar="FILE",
+                   help="hotword file, FunASR's format: `word weight` per line (weight 1-100, default 20); results "
+                        "then list the hotwords found")
+    t.add_argument("--hotword-token-bonus", type=float, default=2.0, metavar="BETA",
+                   help="log-posterior bonus per matched hotword token (default: 2.0, FunASR's)")
     _add_model_args(t)
     _engine_args(t)
     t.set_defaults(fn=cmd_transcribe)

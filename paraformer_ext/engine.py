@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from .audio import AudioError, load_audio, read_audio_range, audio_num_samples
+from .hotwords import HotwordGraph
 from .pipeline import Pipeline
 from .results import Result
 
@@ -46,6 +47,7 @@ class EngineOptions:
     segmenter: str = "vad"  # "vad" | "window" | "none"
     window_s: float = 30.0
     timestamps: bool = False
+    hotwords: HotwordGraph | None = None  # compiled by Pipeline.compile_hotwords; None: greedy decoding
     progress: bool = False
     profile: bool = False
     vad_model_dir: str | None = None
@@ -242,7 +244,8 @@ class Engine:
         self.timer.restart()
         wave, lengths = self._read_batch(batch)
         self.timer.mark("read")
-        return self.pipeline.recognize(wave, lengths, timestamps=self.opt.timestamps, timer=self.timer)
+        return self.pipeline.recognize(wave, lengths, timestamps=self.opt.timestamps, timer=self.timer,
+                                       hotwords=self.opt.hotwords)
 
     def _run_with_oom_split(self, batch: Sequence[Segment]) -> list[Result]:
         try:
@@ -326,9 +329,17 @@ class Engine:
         out = {"key": src.key, "text": " ".join(r["text"] for r in parts if r["text"]), "token_ids": []}
         if self.opt.timestamps:
             out["timestamp"] = []
+        if self.opt.hotwords is not None:
+            out["hotwords"] = []
         for r, off in zip(parts, starts):
+            shift = len(out["token_ids"])  # a segment's hotword spans index its own token ids
             out["token_ids"].extend(r["token_ids"])
             if self.opt.timestamps:
                 out["timestamp"].extend([[a + off, b + off] for a, b in r["timestamp"]])
+            for h in r.get("hotwords", ()):
+                h = dict(h, start=h["start"] + shift, end=h["end"] + shift)
+                if "timestamp" in h:
+                    h["timestamp"] = [h["timestamp"][0] + off, h["timestamp"][1] + off]
+                out["hotwords"].append(h)
         out["segments"] = p.segments
         return out

@@ -3,6 +3,7 @@ FunASR-compatible results. `paraformer_ext.load()` builds one."""
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -13,6 +14,7 @@ from ._ext import use_kernels
 from .checkpoint import ModelLoadError, build_config, load_state_dict_strict, read_state_dict, resolve_model_dir
 from .frontend import FrontendConfig, WavFrontend, load_cmvn
 from .engine import Engine, EngineOptions
+from .hotwords import DEFAULT_TOKEN_BONUS, HotwordGraph, HotwordList, as_hotword_list
 from .pipeline import Pipeline
 from .results import Result
 from .model.paraformer import Paraformer
@@ -36,10 +38,25 @@ class Recognizer:
     """A loaded FunASR model directory: its Pipeline (frontend → model → tokens) plus files, batching and long
     audio (the engine). Use `load()` to build one."""
 
-    def __init__(self, pipeline: Pipeline, model_dir: Path | None = None, weights_path: Path | None = None):
+    def __init__(self, pipeline: Pipeline, model_dir: Path | None = None, weights_path: Path | None = None,
+                 hotwords=None, hotword_token_bonus: float = DEFAULT_TOKEN_BONUS):
         self.pipeline = pipeline
         self.model_dir = model_dir
         self.weights_path = weights_path
+        self.hotwords = as_hotword_list(hotwords)  # applies to every transcribe call (FunASR's server list)
+        self.hotword_token_bonus = hotword_token_bonus
+        self.hotword_graph = self._compile_hotwords(self.hotwords, hotword_token_bonus)
+
+    def _compile_hotwords(self, hotwords: HotwordList, token_bonus: float) -> HotwordGraph | None:
+        """The graph of a non-empty list (None for an empty one: plain greedy decoding); what was clamped or
+        skipped is said in a warning."""
+        if not hotwords:
+            return None
+        graph = self.pipeline.compile_hotwords(hotwords, token_bonus=token_bonus)
+        problems = list(hotwords.notes) + [f"hotword {w!r} skipped: {why}" for w, why in graph.skipped]
+        if problems:
+            warnings.warn("; ".join(problems), UserWarning, stacklevel=3)
+        return graph
 
     model = property(lambda self: self.pipeline.model, doc="the Paraformer nn.Module")
     frontend = property(lambda self: self.pipeline.frontend, doc="the WavFrontend")
@@ -67,7 +84,8 @@ class Recognizer:
 
     @classmethod
     def load(cls, model_dir=None, device="cpu", dtype=torch.float32, kernels: bool | None = None, quantize: str | None = None,
-             quantize_output_layer: bool = False, quantized_path=None, cif_threshold: str = "tail") -> "Recognizer":
+             quantize_output_layer: bool = False, quantized_path=None, cif_threshold: str = "tail", hotwords=None,
+             hotword_token_bonus: float = DEFAULT_TOKEN_BONUS) -> "Recognizer":
         if cif_threshold not in ("tail", "dynamic"):
             raise ValueError(f"cif_threshold must be 'tail' (FunASR's, the default) or 'dynamic' (the paper's "
                              f"β = Σα / ⌈Σα⌉), got {cif_threshold!r}")
@@ -105,7 +123,8 @@ class Recognizer:
         model = model.eval().requires_grad_(False).to(device).cast(_dtype(dtype))
         model.set_kernels(use_kernels(kernels, device))
         model.predictor.threshold_mode = cif_threshold
-        return cls(Pipeline(frontend.to(device), model, tokens, device), files.root, files.weights)
+        return cls(Pipeline(frontend.to(device), model, tokens, device), files.root, files.weights, hotwords,
+                   hotword_token_bonus)
 
     # --- transcription ---------------------------------------------------------------------------------
 
@@ -118,15 +137,26 @@ class Recognizer:
             options["max_batch_size"] = batch_size
         return Engine(self.pipeline, EngineOptions(**options))
 
+    def hotwords_for_call(self, hotwords=None, hotword_token_bonus: float | None = None) -> HotwordGraph | None:
+        """The graph a call decodes with: the load-time list merged with `hotwords` (the call's weights win),
+        compiled with the call's token bonus (default: load's). The load-time graph when nothing changes."""
+        bonus = self.hotword_token_bonus if hotword_token_bonus is None else hotword_token_bonus
+        if hotwords is None and bonus == self.hotword_token_bonus:
+            return self.hotword_graph
+        return self._compile_hotwords(self.hotwords.merged(as_hotword_list(hotwords)), bonus)
+
     def transcribe_iter(self, inputs, *, keys: Sequence[str] | None = None, sample_rate: int | None = DEFAULT_ARRAY_RATE,
+                        hotwords=None, hotword_token_bonus: float | None = None,
                         **options) -> Iterator[tuple[int, Result]]:
         """Like `transcribe`, but yields (input index, result) as soon as each input is done."""
         if isinstance(inputs, (str, os.PathLike, np.ndarray, torch.Tensor)):
             inputs = [inputs]
+        options["hotwords"] = self.hotwords_for_call(hotwords, hotword_token_bonus)
         yield from self.engine(**options).run(list(inputs), keys, sample_rate=sample_rate)
 
     def transcribe(self, inputs, *, batch_size: int | None = None, timestamps: bool = False, keys: Sequence[str] | None = None,
-                   sample_rate: int | None = DEFAULT_ARRAY_RATE, **options) -> list[Result]:
+                   sample_rate: int | None = DEFAULT_ARRAY_RATE, hotwords=None, hotword_token_bonus: float | None = None,
+                   **options) -> list[Result]:
         """Transcribe files or arrays (float in [-1, 1], or integer PCM). inputs: one path/array or a list.
 
         sample_rate: the rate of array inputs, 16000 unless said (FunASR's `fs` default; None: the model's
@@ -135,19 +165,25 @@ class Recognizer:
         timestamps=True, and "segments" for long inputs that were cut), or {"key", "error"} for an input that
         could not be read (the others are still transcribed). batch_size caps the utterances per batch;
         other options (max_batch_frames, long_audio_s, segmenter, window_s, progress, ...) go to the engine.
+        hotwords: {word: weight} (or a list of words, a HotwordList, a pathlib.Path to a FunASR hotword file),
+        merged with load()'s list, this call's weights winning; hotword_token_bonus: β for this call (default:
+        load()'s). With any hotwords each result has "hotwords": [{"word", "start", "end"[, "timestamp"]}, ...],
+        the occurrences in its token_ids (start/end index token_ids, end exclusive).
         """
         if isinstance(inputs, (str, os.PathLike, np.ndarray, torch.Tensor)):
             inputs = [inputs]
         inputs = list(inputs)
         results: list[Result | None] = [None] * len(inputs)
         for i, r in self.transcribe_iter(inputs, keys=keys, timestamps=timestamps, batch_size=batch_size,
-                                         sample_rate=sample_rate, **options):
+                                         sample_rate=sample_rate, hotwords=hotwords,
+                                         hotword_token_bonus=hotword_token_bonus, **options):
             results[i] = r
         return results  # type: ignore[return-value]
 
 
 def load(model_dir=None, device="cpu", dtype=torch.float32, kernels: bool | None = None, quantize: str | None = None,
-         quantize_output_layer: bool = False, quantized_path=None, cif_threshold: str = "tail") -> Recognizer:
+         quantize_output_layer: bool = False, quantized_path=None, cif_threshold: str = "tail", hotwords=None,
+         hotword_token_bonus: float = DEFAULT_TOKEN_BONUS) -> Recognizer:
     """Load a FunASR Paraformer model directory (model.pt, config.yaml, am.mvn, tokens.json|tokens.txt); None:
     the small model shipped with paraformer_ext (default_model.py; it knows only espeak-ng synthetic Mandarin).
 
@@ -160,7 +196,10 @@ def load(model_dir=None, device="cpu", dtype=torch.float32, kernels: bool | None
     quantize_output_layer: quantize the decoder's output layer too (off by default, as in FunASR).
     cif_threshold: "tail" (FunASR's: a 0.45 tail weight after the last frame, so parity holds) or "dynamic"
     (the paper's §2.2: fire at β = Σα / ⌈Σα⌉, so exactly ⌈Σα⌉ tokens fire).
+    hotwords: {word: weight 1-100 or None}, a list of words, a HotwordList or a pathlib.Path to a FunASR hotword
+    file (`word weight` per line), used by every transcribe call (hotwords.py: weights, tokenization);
+    hotword_token_bonus: β, the bonus per matched token in log-posterior units (FunASR's 2.0 by default).
     """
     return Recognizer.load(model_dir, device=device, dtype=dtype, kernels=kernels, quantize=quantize,
                            quantize_output_layer=quantize_output_layer, quantized_path=quantized_path,
-                           cif_threshold=cif_threshold)
+                           cif_threshold=cif_threshold, hotwords=hotwords, hotword_token_bonus=hotword_token_bonus)

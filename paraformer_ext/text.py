@@ -364,6 +364,7 @@ def postprocess(
     alphas=None,
     timestamps: bool = False,
     vad_offset_ms: float = 0.0,
+    hotwords=None,
 ) -> dict:
     """One utterance's result as FunASR's ``Paraformer.inference`` builds it.
 
@@ -375,14 +376,43 @@ def postprocess(
 
     Returns ``{"text", "token_ids"}`` and, with ``timestamps=True``, ``"timestamp": [[start_ms, end_ms], ...]``
     one per word; then ``"text"`` is FunASR's space-separated with-timestamp text ("欢 迎 大 家").
+
+    hotwords: the hotword occurrences the decoder found, ``[(word, start, end), ...]`` over the N positions of
+    ``token_ids`` (end exclusive), or None. They are reported as ``"hotwords": [{"word", "start", "end"}, ...]``
+    with start/end indexing the returned ``token_ids`` (specials removed), plus ``"timestamp": [start_ms,
+    end_ms]`` (first token's start, last token's end) with ``timestamps=True``.
     """
-    ids = filter_special(token_ids)
+    raw_ids = _as_id_list(token_ids)
+    ids = filter_special(raw_ids)
     toks = tokens.ids_to_tokens(ids)
     if not timestamps:
         text, _, _ = sentence_postprocess(toks)
-        return {"text": text, "token_ids": ids}
-    if fires is None or alphas is None:
-        raise ValueError("postprocess(timestamps=True) needs the utterance's fires and alphas vectors (T+1,)")
-    raw = paraformer_timestamps(fires, alphas, toks, vad_offset_ms=vad_offset_ms)
-    text, spans, _ = sentence_postprocess(toks, raw)
-    return {"text": text, "token_ids": ids, "timestamp": spans}
+        out = {"text": text, "token_ids": ids}
+        raw = None
+    else:
+        if fires is None or alphas is None:
+            raise ValueError("postprocess(timestamps=True) needs the utterance's fires and alphas vectors (T+1,)")
+        raw = paraformer_timestamps(fires, alphas, toks, vad_offset_ms=vad_offset_ms)
+        text, spans, _ = sentence_postprocess(toks, raw)
+        out = {"text": text, "token_ids": ids, "timestamp": spans}
+    if hotwords is not None:
+        out["hotwords"] = _hotword_spans(hotwords, raw_ids, raw)
+    return out
+
+
+def _hotword_spans(hotwords, raw_ids: list[int], raw_times) -> list[dict]:
+    """(word, start, end) over the decoder positions → entries indexing the filtered token ids (a hotword
+    holds no special token, so its span stays contiguous after filtering)."""
+    index, k = [], 0  # index[p]: position p's index among the non-special ids
+    for i in raw_ids:
+        index.append(k)
+        k += i not in SPECIAL_IDS
+    out = []
+    for word, start, end in hotwords:
+        s = index[start]
+        e = s + (end - start)
+        entry = {"word": word, "start": s, "end": e}
+        if raw_times is not None and e <= len(raw_times):
+            entry["timestamp"] = [raw_times[s][0], raw_times[e - 1][1]]
+        out.append(entry)
+    return out

@@ -24,6 +24,7 @@ OPS = torch.ops.paraformer_ext
 REGISTERED = {  # csrc/registration.cpp, in order; test_every_registered_op_is_listed keeps this list honest
     "fsmn_memory", "fsmn_memory_weight_grad", "cif", "cif_backward", "quantize_rows", "int8_linear_epilogue",
     "int8_linear_epilogue_quantize", "layer_norm_quantize_rows", "quantize_rows_split", "out_proj_argmax",
+    "hotword_decode",
 }
 
 
@@ -219,6 +220,26 @@ def test_out_proj_argmax_compiles():
     for args in [(x, w, b, None, 0), (x, w, None, None, 7), (x.bfloat16(), w.bfloat16(), b, None, 0),
                  (x, wq, b, ws, 16)]:
         _equal(_compiled(out_proj_argmax_fn)(*args), out_proj_argmax_fn(*args))
+
+
+def test_hotword_decode_compiles():
+    """The fired count is data-dependent: an unbacked size in the fake impl, as for cif's token count."""
+    from paraformer_ext.hotwords import HotwordList
+    from paraformer_ext.ops.hotwords import hotword_decode_fn
+    from paraformer_ext.text import TokenList
+
+    tokens = TokenList(["<blank>", "<s>", "</s>", "阿", "里", "巴", "<unk>"])
+    graph = HotwordList({"阿里": 20, "里巴": 50}).compile(tokens)
+    logp = torch.log_softmax(torch.randn(6, len(tokens), generator=_gen(15)), -1)
+    args = (graph.child_offsets, graph.edges, graph.nodes, graph.node_scores, graph.beam, graph.topk, graph.margin,
+            graph.eos_id)
+
+    def f(logp):
+        return hotword_decode_fn(logp, *args)
+
+    want = f(logp)
+    assert want[1].shape[0] > 0
+    _equal(_compiled(f)(logp), want)
 
 
 # --- Paraformer.greedy ------------------------------------------------------------------------------------------

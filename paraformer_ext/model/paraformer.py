@@ -46,6 +46,7 @@ class GreedyOutput(NamedTuple):
     alphas: torch.Tensor  # (B, T+1) float32, tail slot at each item's length
     fires: torch.Tensor  # (B, T+1) float32
     acoustic_embeds: torch.Tensor  # (B, N, d)
+    log_posteriors: torch.Tensor | None = None  # (B, N, vocab) float32, only when greedy(log_posteriors=True)
 
 
 class Paraformer(nn.Module):
@@ -101,10 +102,13 @@ class Paraformer(nn.Module):
         return ids, best
 
     @torch.no_grad()
-    def greedy(self, features: torch.Tensor, lengths: torch.Tensor, timer=None) -> GreedyOutput:
+    def greedy(self, features: torch.Tensor, lengths: torch.Tensor, timer=None,
+               log_posteriors: bool = False) -> GreedyOutput:
         """The whole inference path of FunASR's Paraformer.inference for a padded batch (spec §1.3),
         except that every item gets exactly its batch-1 result (see predictor.py).
-        timer: optional object with mark(stage) called after "encoder", "predictor" and "decoder"."""
+        timer: optional object with mark(stage) called after "encoder", "predictor" and "decoder".
+        log_posteriors: also return the decoder's (B, N, vocab) float32 log-posteriors (for a search over them,
+        e.g. hotwords); the fused argmax, which never writes them, is then replaced by log_softmax + max."""
         mark = timer.mark if timer is not None else (lambda stage: None)
         lengths = lengths.to(features.device)
         enc = zero_padded_frames(self.encode(features, lengths), lengths)
@@ -115,9 +119,17 @@ class Paraformer(nn.Module):
         B = features.size(0)
         if N == 0:
             empty = torch.zeros(B, 0, dtype=torch.long, device=features.device)
-            return GreedyOutput(empty, empty.float(), pred.token_num, enc, lengths, pred.alphas, pred.fires, pred.acoustic_embeds)
-        ids, best = self.decode_argmax(enc, lengths, pred.acoustic_embeds, pred.token_num)
+            logp = torch.zeros(B, 0, self.cfg.vocab_size, device=features.device) if log_posteriors else None
+            return GreedyOutput(empty, empty.float(), pred.token_num, enc, lengths, pred.alphas, pred.fires,
+                                pred.acoustic_embeds, logp)
+        logp = None
+        if log_posteriors:
+            logits = self.decode_logits(enc, lengths, pred.acoustic_embeds, pred.token_num)
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            best, ids = logp.max(dim=-1)
+        else:
+            ids, best = self.decode_argmax(enc, lengths, pred.acoustic_embeds, pred.token_num)
         mark("decoder")
-        return GreedyOutput(ids, best, pred.token_num, enc, lengths, pred.alphas, pred.fires, pred.acoustic_embeds)
+        return GreedyOutput(ids, best, pred.token_num, enc, lengths, pred.alphas, pred.fires, pred.acoustic_embeds, logp)
 
 
