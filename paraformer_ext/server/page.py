@@ -145,6 +145,7 @@ def page_response(connection, request):
     path = request.path.split("?", 1)[0]
     if path in ("/", "/index.html"):
         resp = connection.respond(HTTPStatus.OK, PAGE)
+        del resp.headers["Content-Type"]  # websockets' Headers appends on assignment
         resp.headers["Content-Type"] = "text/html; charset=utf-8"
         return resp
     return connection.respond(HTTPStatus.NOT_FOUND, "not found: the page is at /, the websocket at ws(s)://host:port/\n")
