@@ -18,7 +18,8 @@ from conftest import REPO, golden_checkpoint, needs_shared
 
 pytest.importorskip("websockets")
 
-from server_helpers import ServerThread, cli_results, exchange, first, frames, make_audio, pcm16  # noqa: E402
+from server_helpers import (ServerThread, cli_results, exchange, first, frames, make_audio, pcm16,  # noqa: E402
+                            self_signed)
 from paraformer_ext import load  # noqa: E402
 from paraformer_ext.server.client import recognize  # noqa: E402
 
@@ -265,36 +266,9 @@ def test_connection_limit(asr, vad, audio, expected):
     assert ok["text"] == expected["offline"]["mid"]["text"]
 
 
-def _self_signed(tmp_path):
-    crypto = pytest.importorskip("cryptography")  # noqa: F841
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=7))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-            .sign(key, hashes.SHA256()))
-    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
-    certfile.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    keyfile.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-    return certfile, keyfile
-
-
 @pytest.fixture(scope="module")
 def tls(asr, vad, tmp_path_factory):
-    certfile, keyfile = _self_signed(tmp_path_factory.mktemp("tls"))
+    certfile, keyfile = self_signed(tmp_path_factory.mktemp("tls"))
     s = ServerThread(asr, vad, certfile=str(certfile), keyfile=str(keyfile))
     yield s, certfile
     s.close()
