@@ -114,8 +114,12 @@ def cmd_serve(a) -> int:
     import logging
 
     from .recognizer import load
-    from .server import Server, ServerOptions, serve_forever
 
+    try:
+        from .server import Server, ServerOptions, serve_forever
+    except ImportError as e:
+        print(f"error: the server needs the websockets library ({e}): pip install 'paraformer_ext[server]'", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="%(asctime)s %(message)s")
     if a.certfile in ("", "0"):  # FunASR's servers' way of saying "no TLS"
         a.certfile = None
