@@ -41,6 +41,7 @@ class ServerOptions:
     max_wait_s: float = 0.02  # how long the worker waits for other connections' speech to fill a batch
     partial_max_s: float = 10.0  # 2pass/online partials re-decode at most this much of the open segment
     max_batch_frames: int | None = None  # the engine's padded-frame budget (None: its default)
+    max_batch_size: int | None = None  # segments per batch (None: the engine's; 1: one at a time, for comparison)
     long_audio_s: float = 20.0  # offline utterances longer than this are cut by the VAD, as `transcribe` does
     drain_timeout_s: float = 30.0  # SIGTERM: how long in-flight work may take before connections are closed
 
@@ -63,6 +64,8 @@ class Server:
         eng = {"timestamps": True, "long_audio_s": self.opt.long_audio_s}
         if self.opt.max_batch_frames is not None:
             eng["max_batch_frames"] = self.opt.max_batch_frames
+        if self.opt.max_batch_size is not None:
+            eng["max_batch_size"] = self.opt.max_batch_size
         self.engine = recognizer.engine(**eng)
         if vad is None:
             from ..vad import FsmnVad
