@@ -66,6 +66,20 @@ def make_audio(d: Path) -> dict[str, Path]:
     return out
 
 
+def distinct_files(d: Path, n: int) -> list[Path]:
+    """n different files from the shared speech (each another crop and gain of one clip), so that a result
+    delivered to the wrong connection cannot go unnoticed."""
+    clips = [sf.read(SHARED / "audio" / f"{w}.wav", dtype="int16")[0] for w in ("asr_example", "mid", "long")]
+    out = []
+    for i in range(n):
+        x = clips[i % 3].astype(np.float64)
+        start = (i // 3) * 800
+        y = np.clip(np.round(x[start:] * (0.6 + 0.4 * ((i * 7) % 11) / 10)), -32768, 32767).astype(np.int16)
+        out.append(d / f"d{i:03d}.wav")
+        sf.write(out[-1], y, 16000, subtype="PCM_16")
+    return out
+
+
 def pcm16(path) -> tuple[bytes, int]:
     data, sr = sf.read(path, dtype="int16")
     return data.astype("<i2").tobytes(), sr

@@ -18,8 +18,8 @@ from conftest import REPO, golden_checkpoint, needs_shared
 
 pytest.importorskip("websockets")
 
-from server_helpers import (ServerThread, cli_results, exchange, first, frames, make_audio, pcm16,  # noqa: E402
-                            self_signed)
+from server_helpers import (ServerThread, cli_results, distinct_files, exchange, first, frames, make_audio,  # noqa: E402
+                            pcm16, self_signed)
 from paraformer_ext import load  # noqa: E402
 from paraformer_ext.server.client import recognize  # noqa: E402
 
@@ -298,26 +298,25 @@ def test_page_is_served_on_the_same_port(srv):
 
 
 @pytest.mark.slow
-def test_many_connections_nothing_lost_or_mixed(srv, audio, expected):
-    """32 connections at once, each its own utterance (a file under its own name), some at 4x real time, some as
-    fast as possible, offline and 2pass: every one gets its own file's transcript."""
-    keys = [FILES[i % 4] for i in range(32)]  # the short files: the long ones are covered above
+def test_many_connections_nothing_lost_or_mixed(srv, model_dir, tmp_path):
+    """32 connections at once, each its own file, some at 4x real time, some as fast as possible, offline and
+    2pass: every one gets its own file's transcript (the CLI's), and the worker batched them together."""
+    files = distinct_files(tmp_path, 32)
+    exp = {"offline": cli_results(model_dir, files), "2pass": cli_results(model_dir, files, "--long-audio-s", "0")}
+    assert len({r["text"] for r in exp["offline"].values()}) == len(files)  # distinct texts: a mix-up would show
+    modes = ["2pass" if i % 3 == 0 else "offline" for i in range(len(files))]
 
     async def go():
-        return await asyncio.gather(*(
-            recognize(srv.uri, str(audio[k]), mode="2pass" if i % 3 == 0 else "offline", wav_name=f"c{i}",
-                      realtime=4.0 if i % 2 else 0.0)
-            for i, k in enumerate(keys)))
+        return await asyncio.gather(*(recognize(srv.uri, str(f), mode=m, realtime=4.0 if i % 2 else 0.0)
+                                      for i, (f, m) in enumerate(zip(files, modes))))
 
     batches_before = srv.server.worker.batches
     segments_before = srv.server.worker.segments
-    for i, (k, r) in enumerate(zip(keys, run(go()))):
-        mode = "2pass" if i % 3 == 0 else "offline"
+    for f, m, r in zip(files, modes, run(go())):
         assert "error" not in r, r
-        assert r["text"] == expected[mode][k]["text"], (i, k)
-        assert {m["wav_name"] for m in r["messages"]} == {f"c{i}"}
+        assert r["text"] == exp[m][f.stem]["text"], f.stem
+        assert {x["wav_name"] for x in r["messages"]} == {f.stem}
         check_one_final(r["messages"])
-    # the worker batched connections together: fewer batches than segments
     assert srv.server.worker.segments - segments_before > srv.server.worker.batches - batches_before
 
 

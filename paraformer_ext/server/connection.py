@@ -234,6 +234,8 @@ class Connection:
             try:
                 msg = await asyncio.wait_for(self.ws.recv(), timeout=idle)
             except asyncio.TimeoutError:
+                if self.busy():
+                    continue  # the client is waiting for us, not idle
                 await self._fail("idle", f"no message for {idle:g} s; closing")
                 return
             except ConnectionClosed:
