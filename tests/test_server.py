@@ -334,8 +334,8 @@ def test_memory_is_bounded_by_the_open_segment(srv, audio):
                 for f in frames(data, 32000):
                     await ws.send(f)
                 await asyncio.sleep(0.2)
-                conns = [c for c in srv.server.connections if c.utt is not None and hasattr(c.utt, "buf")]
-                peak.append(max(c.utt.buf.numel() for c in conns))
+                conns = [c for c in srv.server.connections if c.utt is not None and hasattr(c.utt, "base")]
+                peak.append(max(c.utt.total - c.utt.base for c in conns))  # samples held (read, not touched)
             await ws.send(json.dumps({"is_speaking": False}))
             async for raw in ws:
                 if json.loads(raw).get("is_final"):

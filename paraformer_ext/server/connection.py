@@ -108,7 +108,7 @@ class _Stream:
         self.pcm = _PcmReader()
         self.rs = StreamResampler(u.audio_fs, self.sr) if u.audio_fs != self.sr else None
         self.vad = srv.vad.stream()
-        self.buf = torch.zeros(0)  # samples [base, base + len(buf)) at self.sr
+        self._chunks: list[torch.Tensor] = []  # samples [base, total) at self.sr, joined only when read
         self.base = 0
         self.total = 0
         self.pending: list[torch.Tensor] = []  # not yet given to the VAD
@@ -122,6 +122,15 @@ class _Stream:
         self.sent_seg = 0
         self.emitted = 0
 
+    @property
+    def buf(self) -> torch.Tensor:
+        """The audio kept: from the end of the last decided segment to now. Frames are appended to a list and
+        joined here, when a segment or a partial needs them (joining on every frame would copy the open
+        segment again for each 60 ms frame)."""
+        if len(self._chunks) != 1:
+            self._chunks = [torch.cat(self._chunks) if self._chunks else torch.zeros(0)]
+        return self._chunks[0]
+
     async def audio(self, data: bytes) -> None:
         x = torch.from_numpy(_int_scale(self.pcm.accept(data)))
         if self.rs is not None:
@@ -130,7 +139,7 @@ class _Stream:
 
     async def _add(self, x: torch.Tensor, final: bool = False) -> None:
         if x.numel():
-            self.buf = torch.cat([self.buf, x])
+            self._chunks.append(x)
             self.total += x.numel()
             self.pending.append(x)
             self.pending_n += x.numel()
@@ -157,14 +166,14 @@ class _Stream:
         # audio before the end of a decided segment is never needed again: memory stays bounded by the
         # open segment (the VAD closes a segment after at most max_single_segment_time)
         cut = max(0, min(e, self.total) - self.base)
-        self.buf = self.buf[cut:].clone()
+        self._chunks = [self.buf[cut:].clone()]
         self.base += cut
         self.seg_no += 1
 
     def _maybe_partial(self) -> None:
         srv = self.conn.server
         step = self.u.chunk_ms * self.sr // 1000
-        if self.partial_busy or self.total - self.last_partial < step or self.buf.numel() < srv.min_samples:
+        if self.partial_busy or self.total - self.last_partial < step or self.total - self.base < srv.min_samples:
             return
         # the open segment re-decoded with the offline model (there is no streaming checkpoint); capped to
         # the last partial_max_s so a long segment costs a bounded decode per chunk
