@@ -104,6 +104,17 @@ def test_client_gets_the_cli_transcript(srv, audio, expected, mode):
         assert len(expected["2pass"]["two"]["segments"]) == 2
 
 
+def test_cli_client_prints_what_transcribe_prints(srv, audio, model_dir, capsys):
+    from paraformer_ext.cli import main
+
+    files = [str(audio["asr_example"]), str(audio["long27"])]
+    assert main(["transcribe", "--model", str(model_dir), *files, "--quiet"] + ["--timestamps"]) == 0
+    want = [line.rsplit("\t", 1)[0] for line in capsys.readouterr().out.splitlines()]  # name, text (no timestamps)
+    assert main(["client", srv.uri, *files, "--concurrency", "2"]) == 0
+    assert capsys.readouterr().out.splitlines() == want
+    assert main(["client", srv.uri, str(audio["asr_example"]) + ".missing"]) == 1
+
+
 def test_online_mode_sends_increments_and_one_final(srv, audio):
     r = run(recognize(srv.uri, str(audio["two"]), mode="online", realtime=8.0))
     check_one_final(r["messages"])
@@ -299,9 +310,9 @@ def test_page_is_served_on_the_same_port(srv):
 
 @pytest.mark.slow
 def test_many_connections_nothing_lost_or_mixed(srv, model_dir, tmp_path):
-    """32 connections at once, each its own file, some at 4x real time, some as fast as possible, offline and
+    """64 connections at once, each its own file, half at 4x real time, half as fast as possible, offline and
     2pass: every one gets its own file's transcript (the CLI's), and the worker batched them together."""
-    files = distinct_files(tmp_path, 32)
+    files = distinct_files(tmp_path, 64)
     exp = {"offline": cli_results(model_dir, files), "2pass": cli_results(model_dir, files, "--long-audio-s", "0")}
     assert len({r["text"] for r in exp["offline"].values()}) == len(files)  # distinct texts: a mix-up would show
     modes = ["2pass" if i % 3 == 0 else "offline" for i in range(len(files))]
