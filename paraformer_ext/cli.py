@@ -1,4 +1,4 @@
-"""Command line: `paraformer-ext transcribe|vad|demo|info|train`."""
+"""Command line: `paraformer-ext transcribe|vad|demo|info|train|serve|client`."""
 from __future__ import annotations
 
 import argparse
@@ -156,6 +156,51 @@ def _corpus_parser(sub) -> None:
     c.add_argument("--workers", type=int, default=None, help="synthesis processes (default: one per CPU)")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.set_defaults(fn=cmd_make_corpus)
+def cmd_serve(a) -> int:
+    import asyncio
+    import logging
+
+    from .recognizer import load
+
+    try:
+        from .server import Server, ServerOptions, serve_forever
+    except ImportError as e:
+        print(f"error: the server needs the websockets library ({e}): pip install 'paraformer_ext[server]'", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="%(asctime)s %(message)s")
+    if a.certfile in ("", "0"):  # FunASR's servers' way of saying "no TLS"
+        a.certfile = None
+    if a.keyfile and not a.certfile:
+        print("error: --keyfile without --certfile", file=sys.stderr)
+        return 2
+    asr = load(a.model, device=a.device, dtype=a.dtype, kernels=not a.no_kernels, quantize=a.quantize,
+               quantize_output_layer=a.quantize_output_layer, cif_threshold=a.cif_threshold)
+    opt = ServerOptions(host=a.host, port=a.port, certfile=a.certfile or None, keyfile=a.keyfile or None,
+                        hotword_file=a.hotword, max_connections=a.max_connections, max_batch_frames=a.max_batch_frames,
+                        max_wait_s=a.max_wait_ms / 1000, idle_timeout_s=a.idle_timeout_s)
+    try:
+        asyncio.run(serve_forever(Server(asr, opt)))
+    except OSError as e:  # the port is taken, the certificate cannot be read, ...
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _serve_parser(sub) -> None:
+    s = sub.add_parser("serve", help="a FunASR-protocol websocket server with a web page (see README: Server)")
+    s.add_argument("--model", default=None, help="FunASR model directory (default: the shipped model, synthetic speech only)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 opens it to the network)")
+    s.add_argument("--port", type=int, default=10095, help="port (default 10095, FunASR's)")
+    s.add_argument("--certfile", default=None, help="TLS certificate (wss:// and https://); without it, plain ws://")
+    s.add_argument("--keyfile", default=None, help="TLS private key")
+    s.add_argument("--hotword", default=None, help="hotwords for every connection: one word per line, optional weight")
+    s.add_argument("--max-connections", type=int, default=256, help="connections served at once (default 256)")
+    s.add_argument("--max-wait-ms", type=float, default=20.0,
+                   help="how long the worker waits for other connections' speech to fill a batch (default 20)")
+    s.add_argument("--idle-timeout-s", type=float, default=120.0, help="close connections silent this long (default 120; 0: never)")
+    s.add_argument("--verbose", action="store_true", help="log connections and batches")
+    _add_model_args(s)
+    s.set_defaults(fn=cmd_serve)
 
 
 def _train_parser(sub) -> None:
@@ -223,6 +268,8 @@ def main(argv=None) -> int:
 
     _train_parser(sub)
     _corpus_parser(sub)
+    _serve_parser(sub)
+    sub.add_parser("client", help="send files to a FunASR-protocol websocket server (see `client --help`)", add_help=False)
 
     i = sub.add_parser("info", help="what was compiled (CPU/CUDA kernels, archs, torch version)")
     i.set_defaults(fn=cmd_info)
@@ -231,6 +278,10 @@ def main(argv=None) -> int:
                    add_help=False)
 
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["client"]:
+        from .server.client import client_main
+
+        return client_main(argv[1:])
     if argv[:1] == ["vad"]:
         from .vad.cli import vad_main
 

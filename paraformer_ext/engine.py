@@ -197,17 +197,23 @@ class Engine:
             found = vad.segments(src.wave, sample_rate=sr)
         return [(s * sr // 1000, min(n, e * sr // 1000)) for s, e in found]
 
-    def _segments(self, src: Source, pending: _Pending) -> list[Segment]:
+    def cut(self, src: Source) -> tuple[list[Segment], list[list[int]]]:
+        """The segments one input is recognized in, and their spans [[start_ms, end_ms], ...] (empty when the
+        input is recognized whole: not longer than long_audio_s, or segmenter "none"). The server cuts its
+        connections' utterances with this, so that they are cut exactly as `transcribe` cuts files."""
         n, sr = src.num_samples, self.sample_rate
         if n <= self.opt.long_audio_s * sr or self.opt.segmenter == "none":
-            return [Segment(src, 0, 0, n)]
+            return [Segment(src, 0, 0, n)], []
         spans = self._vad_spans(src) if self.opt.segmenter == "vad" else None
         if spans is None:
             w = int(self.opt.window_s * sr)
             spans = [(s, min(n, s + w)) for s in range(0, n, w)]
         spans = [(s, e) for s, e in spans if e - s >= self.pipeline.min_samples]
-        pending.segments = [[s * 1000 // sr, e * 1000 // sr] for s, e in spans]
-        return [Segment(src, i, s, e) for i, (s, e) in enumerate(spans)]
+        return [Segment(src, i, s, e) for i, (s, e) in enumerate(spans)], [[s * 1000 // sr, e * 1000 // sr] for s, e in spans]
+
+    def _segments(self, src: Source, pending: _Pending) -> list[Segment]:
+        segs, pending.segments = self.cut(src)
+        return segs
 
     def plan(self, segments: Sequence[Segment]) -> list[list[Segment]]:
         """Longest first, packed under the padded-frame budget and the padding share."""
@@ -246,6 +252,10 @@ class Engine:
         self.timer.mark("read")
         return self.pipeline.recognize(wave, lengths, timestamps=self.opt.timestamps, timer=self.timer,
                                        hotwords=self.opt.hotwords)
+
+    def run_batch(self, batch: Sequence[Segment]) -> list[Result]:
+        """One batch of `plan` → one result per segment (a CUDA out-of-memory error splits it and retries)."""
+        return self._run_with_oom_split(batch)
 
     def _run_with_oom_split(self, batch: Sequence[Segment]) -> list[Result]:
         try:
@@ -320,13 +330,15 @@ class Engine:
             bar.close()
 
     def _assemble(self, src: Source, p: _Pending) -> Result:
+        return self.assemble(src.key, [p.results[k] for k in sorted(p.results)], p.segments)
+
+    def assemble(self, key: str, parts: Sequence[Result], spans: Sequence[Sequence[int]]) -> Result:
         """Join the segments of one input as FunASR's VAD pipeline does: texts joined by a space,
-        timestamps offset by the segment start (ms)."""
-        parts = [p.results[k] for k in sorted(p.results)]
-        if len(parts) == 1 and not p.segments:
-            return {"key": src.key, **parts[0]}
-        starts = [s for s, _ in p.segments] if p.segments else [0] * len(parts)
-        out = {"key": src.key, "text": " ".join(r["text"] for r in parts if r["text"]), "token_ids": []}
+        timestamps offset by the segment start (ms). spans: `cut`'s (empty for an input recognized whole)."""
+        if len(parts) == 1 and not spans:
+            return {"key": key, **parts[0]}
+        starts = [s for s, _ in spans] if spans else [0] * len(parts)
+        out = {"key": key, "text": " ".join(r["text"] for r in parts if r["text"]), "token_ids": []}
         if self.opt.timestamps:
             out["timestamp"] = []
         if self.opt.hotwords is not None:
@@ -341,5 +353,5 @@ class Engine:
                 if "timestamp" in h:
                     h["timestamp"] = [h["timestamp"][0] + off, h["timestamp"][1] + off]
                 out["hotwords"].append(h)
-        out["segments"] = p.segments
+        out["segments"] = [list(x) for x in spans]
         return out
