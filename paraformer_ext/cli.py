@@ -106,9 +106,16 @@ def cmd_demo(a) -> int:
         from .synthetic import run_demo
 
         return run_demo(a)
-    from .default_model import DefaultModelError
+    from .default_model import DEFAULT_DIR, DefaultModelError
     from .demo import run_shipped_demo
 
+    if not (DEFAULT_DIR / "SHA256SUMS").is_file():
+        # a checkout before the first trained model was shipped: say so, and show what can be shown
+        print("note: no trained model is shipped in this checkout yet; running the demo on random weights "
+              "(`--random-model`)\n", flush=True)
+        from .synthetic import run_demo
+
+        return run_demo(a)
     try:
         return run_shipped_demo(a)
     except DefaultModelError as e:
@@ -287,7 +294,13 @@ def main(argv=None) -> int:
 
         return vad_main(argv[1:])
     a = ap.parse_args(argv)
-    return a.fn(a)
+    from .default_model import DefaultModelError
+
+    try:
+        return a.fn(a)
+    except DefaultModelError as e:  # no --model and the shipped model is missing or damaged
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -20,8 +20,9 @@ def default_model_dir() -> Path:
     """The shipped model directory, after checking every file against its SHA256SUMS."""
     sums = DEFAULT_DIR / "SHA256SUMS"
     if not sums.is_file():
-        raise DefaultModelError(f"no shipped model in this installation ({sums} is missing); reinstall "
-                                "paraformer_ext, or pass a FunASR model directory (load(dir) / --model DIR)")
+        raise DefaultModelError(f"no shipped model in this installation ({sums} is missing: the checkout predates "
+                                "the first trained model, or the installation is incomplete); pass a FunASR model "
+                                "directory (load(dir) / --model DIR)")
     return check_files(DEFAULT_DIR, read_sums(sums), "default model", DefaultModelError,
                        "pass a FunASR model directory (load(dir) / --model DIR)")
 

@@ -1,0 +1,47 @@
+"""The shipped default model: load() / transcribe / serve without a directory use it, after a sha256 check."""
+from __future__ import annotations
+
+import pytest
+
+import paraformer_ext
+from paraformer_ext import default_model
+from paraformer_ext.bundled import sha256_file
+from paraformer_ext.cli import main
+from paraformer_ext.synthetic import make_random_model, synthetic_speech
+
+
+@pytest.fixture
+def fake_default(tmp_path, monkeypatch):
+    d = make_random_model(tmp_path / "zh", "tiny", seed=1)
+    (d / "SHA256SUMS").write_text("".join(f"{sha256_file(p)}  {p.name}\n" for p in sorted(d.iterdir())))
+    monkeypatch.setattr(default_model, "DEFAULT_DIR", d)
+    return d
+
+
+def test_load_without_a_directory_uses_the_default(fake_default):
+    wave = synthetic_speech(2.0, 5)
+    a = paraformer_ext.load(kernels=False).transcribe(wave)[0]
+    b = paraformer_ext.load(fake_default, kernels=False).transcribe(wave)[0]
+    assert a["token_ids"] == b["token_ids"] and a["token_ids"]
+
+
+def test_a_damaged_default_is_refused(fake_default):
+    mvn = fake_default / "am.mvn"
+    good = mvn.read_bytes()
+    mvn.write_bytes(good + b" ")
+    with pytest.raises(default_model.DefaultModelError, match="am.mvn has sha256 .* changed or damaged"):
+        paraformer_ext.load()
+    mvn.write_bytes(good)
+    (fake_default / "model.pt").unlink()
+    with pytest.raises(default_model.DefaultModelError, match="model.pt is missing"):
+        paraformer_ext.load()
+
+
+def test_without_a_shipped_model_the_cli_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(default_model, "DEFAULT_DIR", tmp_path / "nothing")
+    wav = tmp_path / "a.wav"
+    import soundfile as sf
+
+    sf.write(wav, synthetic_speech(1.0, 1), 16000)
+    assert main(["transcribe", str(wav)]) == 2
+    assert "pass a FunASR model directory" in capsys.readouterr().err
