@@ -246,20 +246,22 @@ class Engine:
             host[i, : s.num_samples] = s.src.read(s.start, s.stop)
         return host.to(self.device, non_blocking=True), lengths.to(self.device, non_blocking=True)
 
-    def _run_batch(self, batch: Sequence[Segment]) -> list[Result]:
+    def _run_batch(self, batch: Sequence[Segment], hotwords=None) -> list[Result]:
         self.timer.restart()
         wave, lengths = self._read_batch(batch)
         self.timer.mark("read")
         return self.pipeline.recognize(wave, lengths, timestamps=self.opt.timestamps, timer=self.timer,
-                                       hotwords=self.opt.hotwords)
+                                       hotwords=self.opt.hotwords if hotwords is None else hotwords)
 
-    def run_batch(self, batch: Sequence[Segment]) -> list[Result]:
-        """One batch of `plan` → one result per segment (a CUDA out-of-memory error splits it and retries)."""
-        return self._run_with_oom_split(batch)
+    def run_batch(self, batch: Sequence[Segment], hotwords: Sequence[HotwordGraph | None] | None = None) -> list[Result]:
+        """One batch of `plan` → one result per segment (a CUDA out-of-memory error splits it and retries).
+        hotwords: one graph (or None) per segment, for callers whose inputs have different lists (the server);
+        None: the engine's own (options.hotwords) for every segment."""
+        return self._run_with_oom_split(batch, None if hotwords is None else list(hotwords))
 
-    def _run_with_oom_split(self, batch: Sequence[Segment]) -> list[Result]:
+    def _run_with_oom_split(self, batch: Sequence[Segment], hotwords: list | None = None) -> list[Result]:
         try:
-            return self._run_batch(batch)
+            return self._run_batch(batch, hotwords)
         except torch.cuda.OutOfMemoryError:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -267,7 +269,8 @@ class Engine:
                 raise
             self.oom_splits += 1
             half = len(batch) // 2
-            return self._run_with_oom_split(batch[:half]) + self._run_with_oom_split(batch[half:])
+            lo, hi = (None, None) if hotwords is None else (hotwords[:half], hotwords[half:])
+            return self._run_with_oom_split(batch[:half], lo) + self._run_with_oom_split(batch[half:], hi)
 
     def run(self, inputs: Sequence, keys: Sequence[str] | None = None,
             sample_rate: int | None = None) -> Iterator[tuple[int, Result]]:
@@ -332,16 +335,21 @@ class Engine:
     def _assemble(self, src: Source, p: _Pending) -> Result:
         return self.assemble(src.key, [p.results[k] for k in sorted(p.results)], p.segments)
 
-    def assemble(self, key: str, parts: Sequence[Result], spans: Sequence[Sequence[int]]) -> Result:
+    def assemble(self, key: str, parts: Sequence[Result], spans: Sequence[Sequence[int]],
+                 hotwords: bool | None = None) -> Result:
         """Join the segments of one input as FunASR's VAD pipeline does: texts joined by a space,
-        timestamps offset by the segment start (ms). spans: `cut`'s (empty for an input recognized whole)."""
+        timestamps offset by the segment start (ms). spans: `cut`'s (empty for an input recognized whole).
+        hotwords: whether the input was decoded with a graph (its result then has "hotwords", maybe empty);
+        None: whether the engine's own options.hotwords is set."""
         if len(parts) == 1 and not spans:
             return {"key": key, **parts[0]}
         starts = [s for s, _ in spans] if spans else [0] * len(parts)
         out = {"key": key, "text": " ".join(r["text"] for r in parts if r["text"]), "token_ids": []}
         if self.opt.timestamps:
             out["timestamp"] = []
-        if self.opt.hotwords is not None:
+        if hotwords is None:
+            hotwords = self.opt.hotwords is not None
+        if hotwords:
             out["hotwords"] = []
         for r, off in zip(parts, starts):
             shift = len(out["token_ids"])  # a segment's hotword spans index its own token ids

@@ -3,6 +3,7 @@
     hw = HotwordList({"阿里巴巴": 20, "通义": None})          # None: DEFAULT_WEIGHT
     hw = HotwordList.read("hotwords.txt")                      # FunASR's file: `word weight` per line
     hw = server_list.merged(HotwordList.parse_json(client))    # the client's weights win on duplicates
+    hw = HotwordList.parse("阿里巴巴, 通义")                     # any form a websocket client sends
     graph = hw.compile(tokens, token_bonus=2.0)                # tokenized with the model's tokens.json
     ids, fired = graph.decode(logp)                            # logp: (N, V) float32 of one utterance
 
@@ -163,6 +164,23 @@ class HotwordList:
         if not isinstance(obj, dict):
             raise HotwordError(f"{source}: expected a JSON object {{word: weight}}, got a JSON {type(obj).__name__}")
         return cls(obj, source=source)
+
+    @classmethod
+    def parse(cls, value, source: str = "hotwords") -> "HotwordList":
+        """Every form FunASR's clients send as `hotwords`: None or "" (none), a JSON object string, a mapping,
+        a list of words, or words separated by commas or spaces (each then gets DEFAULT_WEIGHT; a Latin phrase
+        with spaces needs the JSON form)."""
+        if value is None:
+            return cls()
+        if isinstance(value, str):
+            s = value.strip()
+            if s.startswith("{"):
+                return cls.parse_json(s, source)
+            return cls(s.replace("，", ",").replace(",", " ").split(), source=source)
+        if isinstance(value, (Mapping, list, tuple)):
+            return cls(value, source=source)
+        raise HotwordError(f"{source}: got {type(value).__name__} {value!r}; send a JSON object {{word: weight}}, "
+                           "a list of words, or words separated by commas or spaces")
 
     def __len__(self) -> int:
         return len(self.items)

@@ -57,15 +57,48 @@ class Pipeline:
 
     @torch.no_grad()
     def decode(self, features: torch.Tensor, lengths: torch.Tensor, *, timestamps: bool = False,
-               timer=None, hotwords: HotwordGraph | None = None) -> list[Result]:
+               timer=None, hotwords=None) -> list[Result]:
         """features (B, T, D) float32, lengths (B,) → one result {"text", "token_ids"[, "timestamp"]} per item
         (no "key": the caller names its inputs). timer: optional, mark(stage) after each model stage and "text".
         hotwords: a compiled graph (compile_hotwords): the decoder's posteriors are searched with it (ops/hotwords.py)
         instead of taken greedily, and each result gets "hotwords": the occurrences found (text.postprocess).
-        None: greedy decoding, exactly as without this argument."""
-        if hotwords is not None and not isinstance(hotwords, HotwordGraph):
-            raise TypeError(f"hotwords must be a HotwordGraph (Pipeline.compile_hotwords), got {type(hotwords).__name__}")
-        search = hotwords is not None and len(hotwords) > 0
+        None: greedy decoding, exactly as without this argument. A sequence of B graphs or None: each item with
+        its own (a server's batch of connections with different lists), see _decode_mixed."""
+        if hotwords is None or isinstance(hotwords, HotwordGraph):
+            return self._decode(features, lengths, timestamps, timer, [hotwords] * features.size(0))
+        if not isinstance(hotwords, (list, tuple)):
+            raise TypeError(f"hotwords must be a HotwordGraph (Pipeline.compile_hotwords) or a list of them (or None) "
+                            f"per item, got {type(hotwords).__name__}")
+        graphs = list(hotwords)
+        if len(graphs) != features.size(0):
+            raise ValueError(f"hotwords: one graph (or None) per item, got {len(graphs)} for a batch of {features.size(0)}")
+        for g in graphs:
+            if g is not None and not isinstance(g, HotwordGraph):
+                raise TypeError(f"hotwords must be HotwordGraphs (Pipeline.compile_hotwords), got {type(g).__name__}")
+        return self._decode_mixed(features, lengths, timestamps, timer, graphs)
+
+    def _decode_mixed(self, features, lengths, timestamps, timer, graphs) -> list[Result]:
+        """Items with a non-empty graph and items without: one model run for each kind present. The searching
+        run's argmax (log_softmax + max) is not the greedy run's fused argmax bit for bit (ties after
+        rounding), so items without hotwords keep the greedy run and get exactly their greedy result; the
+        items with hotwords share one run whatever their graphs, since only the search after it differs.
+        Both runs give each item its batch-1 result (Paraformer.greedy), so splitting changes no item."""
+        searched = [b for b, g in enumerate(graphs) if g is not None and len(g) > 0]
+        if not searched or len(searched) == len(graphs):
+            return self._decode(features, lengths, timestamps, timer, graphs)
+        plain = [b for b in range(len(graphs)) if b not in set(searched)]
+        out: list = [None] * len(graphs)
+        for idx in (plain, searched):
+            sel = torch.tensor(idx, device=features.device)
+            sub_len = lengths.index_select(0, sel.to(lengths.device))
+            sub = features.index_select(0, sel)[:, : int(sub_len.max())]
+            for b, r in zip(idx, self._decode(sub, sub_len, timestamps, timer, [graphs[b] for b in idx])):
+                out[b] = r
+        return out
+
+    def _decode(self, features, lengths, timestamps, timer, graphs) -> list[Result]:
+        """One model run; `graphs`: per item. The posteriors are kept only when an item searches them."""
+        search = any(g is not None and len(g) > 0 for g in graphs)
         out = self.model.greedy(features, lengths, timer=timer, log_posteriors=search)
         token_num, ids = out.token_num.cpu(), out.token_ids.cpu()
         logp = out.log_posteriors.cpu() if search else None
@@ -74,12 +107,12 @@ class Pipeline:
         alphas = out.alphas.float().cpu() if timestamps else None
         results = []
         for b in range(ids.size(0)):
-            n, t = int(token_num[b]), int(enc_lens[b])
+            n, t, g = int(token_num[b]), int(enc_lens[b]), graphs[b]
             item_ids, found = ids[b, :n], None
-            if search:
-                item_ids, fired = hotwords.decode(logp[b, :n], kernels=self.kernels)
-                found = [(hotwords.words[k], s, e) for k, s, e in fired.tolist()]
-            elif hotwords is not None:
+            if g is not None and len(g) > 0:
+                item_ids, fired = g.decode(logp[b, :n], kernels=self.kernels)
+                found = [(g.words[k], s, e) for k, s, e in fired.tolist()]
+            elif g is not None:
                 found = []
             results.append(postprocess(item_ids.tolist(), self.tokens,
                                        None if fires is None else fires[b, : t + 1],
@@ -90,9 +123,9 @@ class Pipeline:
         return results
 
     def recognize(self, wave: torch.Tensor, lengths: torch.Tensor, *, timestamps: bool = False,
-                  timer=None, hotwords: HotwordGraph | None = None) -> list[Result]:
+                  timer=None, hotwords=None) -> list[Result]:
         """wave (B, N) at `sample_rate` on `device`, zero padded, lengths (B,) → one result per item
-        (hotwords: as in decode)."""
+        (hotwords: as in decode: a graph, None, or one of either per item)."""
         with torch.no_grad():
             feats, flens = self.features(wave, lengths)
         if timer is not None:
