@@ -167,6 +167,7 @@ def cmd_serve(a) -> int:
     import asyncio
     import logging
 
+    from .hotwords import HotwordError
     from .recognizer import load
 
     try:
@@ -181,13 +182,14 @@ def cmd_serve(a) -> int:
         print("error: --keyfile without --certfile", file=sys.stderr)
         return 2
     asr = load(a.model, device=a.device, dtype=a.dtype, kernels=not a.no_kernels, quantize=a.quantize,
-               quantize_output_layer=a.quantize_output_layer, cif_threshold=a.cif_threshold)
+               quantize_output_layer=a.quantize_output_layer, cif_threshold=a.cif_threshold,
+               hotword_token_bonus=a.hotword_token_bonus)
     opt = ServerOptions(host=a.host, port=a.port, certfile=a.certfile or None, keyfile=a.keyfile or None,
                         hotword_file=a.hotword, max_connections=a.max_connections, max_batch_frames=a.max_batch_frames,
                         max_wait_s=a.max_wait_ms / 1000, idle_timeout_s=a.idle_timeout_s)
     try:
         asyncio.run(serve_forever(Server(asr, opt)))
-    except OSError as e:  # the port is taken, the certificate cannot be read, ...
+    except (OSError, HotwordError) as e:  # the port is taken, the certificate or the hotword file cannot be read, ...
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
@@ -200,7 +202,11 @@ def _serve_parser(sub) -> None:
     s.add_argument("--port", type=int, default=10095, help="port (default 10095, FunASR's)")
     s.add_argument("--certfile", default=None, help="TLS certificate (wss:// and https://); without it, plain ws://")
     s.add_argument("--keyfile", default=None, help="TLS private key")
-    s.add_argument("--hotword", default=None, help="hotwords for every connection: one word per line, optional weight")
+    s.add_argument("--hotword", default=None, metavar="FILE",
+                   help="hotwords for every connection, FunASR's format: `word weight` per line (weight 1-100, default "
+                        "20); a client's own hotwords are merged in, its weights winning")
+    s.add_argument("--hotword-token-bonus", type=float, default=2.0, metavar="BETA",
+                   help="log-posterior bonus per matched hotword token (default: 2.0, FunASR's)")
     s.add_argument("--max-connections", type=int, default=256, help="connections served at once (default 256)")
     s.add_argument("--max-wait-ms", type=float, default=20.0,
                    help="how long the worker waits for other connections' speech to fill a batch (default 20)")

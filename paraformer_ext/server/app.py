@@ -10,6 +10,7 @@ stop accepting, answer every utterance whose end message has arrived, then close
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import logging
 import signal
@@ -19,9 +20,9 @@ from dataclasses import dataclass
 from websockets.asyncio.server import serve
 from websockets.http11 import Response
 
+from ..hotwords import DEFAULT_TOKEN_BONUS, HotwordGraph, HotwordList
 from .connection import Connection
 from .page import page_response
-from .protocol import read_hotword_file
 from .worker import RecognitionWorker
 
 log = logging.getLogger("paraformer_ext.server")
@@ -33,7 +34,8 @@ class ServerOptions:
     port: int = 10095
     certfile: str | None = None
     keyfile: str | None = None
-    hotword_file: str | None = None
+    hotword_file: str | None = None  # FunASR's format (`word weight` per line), for every connection
+    hotword_cache_size: int = 256  # compiled hotword graphs kept (one per distinct merged list)
     max_connections: int = 256
     max_frame_bytes: int = 4 << 20  # larger binary frames close the connection with 1009
     max_offline_bytes: int = 400 << 20  # over an hour of 16 kHz pcm: bounds one offline utterance's memory
@@ -74,7 +76,11 @@ class Server:
             vad = FsmnVad.load(kernels=pipeline.kernels)
         self.vad = vad
         self.engine._vad = vad  # offline utterances over long_audio_s are cut by the same VAD
-        self.hotwords = read_hotword_file(self.opt.hotword_file) if self.opt.hotword_file else {}
+        # every connection's list starts from the recognizer's own (load(..., hotwords=)) and the --hotword file
+        base = HotwordList(getattr(recognizer, "hotwords", None))
+        self.hotwords = base.merged(HotwordList.read(self.opt.hotword_file)) if self.opt.hotword_file else base
+        self.hotword_token_bonus = getattr(recognizer, "hotword_token_bonus", DEFAULT_TOKEN_BONUS)
+        self._graphs: collections.OrderedDict = collections.OrderedDict()
         self.worker = RecognitionWorker(self.engine, self.opt.max_wait_s)
         # one thread for the streaming VAD of every connection: its state is per connection, its work is
         # small and it must not hold the event loop
@@ -82,6 +88,25 @@ class Server:
         self.connections: set[Connection] = set()
         self._server = None
         self.port = self.opt.port
+
+    def hotword_graph(self, hotwords: HotwordList) -> HotwordGraph | None:
+        """The compiled graph of an utterance's merged list (None for an empty one: greedy decoding). Graphs are
+        cached by the list's content, so the connections that send the same list (or none, with a --hotword
+        file) share one graph and skip compiling it; the cache is bounded because clients choose the lists."""
+        if not hotwords:
+            return None
+        key = hotwords.items
+        g = self._graphs.get(key)
+        if g is None:
+            g = self.recognizer.pipeline.compile_hotwords(hotwords, token_bonus=self.hotword_token_bonus)
+            if g.skipped:
+                log.info("hotwords skipped: %s", "; ".join(f"{w!r}: {why}" for w, why in g.skipped))
+            self._graphs[key] = g
+            while len(self._graphs) > self.opt.hotword_cache_size:
+                self._graphs.popitem(last=False)
+        else:
+            self._graphs.move_to_end(key)
+        return g
 
     async def in_vad_thread(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._vad_pool, fn, *args)

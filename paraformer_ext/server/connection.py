@@ -22,7 +22,6 @@ from .protocol import (ProtocolError, Utterance, end_ack, error_message, is_end_
 
 log = logging.getLogger("paraformer_ext.server")
 
-HOTWORDS_NOT_APPLIED = "hotwords are parsed but not applied: the recognizer has no hotword biasing yet"
 _ids = itertools.count(1)
 
 # how much 16 kHz audio is gathered before the streaming VAD is called (it evaluates its network on 10 s
@@ -56,8 +55,8 @@ class _PcmReader:
 class _Offline:
     """An offline utterance: every byte is kept until the end message, then recognized as a whole file."""
 
-    def __init__(self, conn: "Connection", u: Utterance):
-        self.conn, self.u, self.id = conn, u, next(_ids)
+    def __init__(self, conn: "Connection", u: Utterance, graph=None):
+        self.conn, self.u, self.id, self.graph = conn, u, next(_ids), graph
         self.pcm = _PcmReader() if u.pcm else None
         self.chunks: list = []
         self.nbytes = 0
@@ -92,7 +91,7 @@ class _Offline:
             self.conn.enqueue(_Item("end", self, is_end=is_end))
             return
         self.chunks = []
-        fut = srv.worker.submit(wave, cut=True, key=u.wav_name)
+        fut = srv.worker.submit(wave, cut=True, key=u.wav_name, hotwords=self.graph)
         self.conn.enqueue(_Item("offline", self, fut, warning=warning))
         self.conn.enqueue(_Item("end", self, is_end=is_end))
 
@@ -101,8 +100,8 @@ class _Stream:
     """A 2pass or online utterance: the streaming VAD cuts the audio as it arrives; each speech segment is
     recognized when it ends, and the open one is re-decoded for partial results."""
 
-    def __init__(self, conn: "Connection", u: Utterance):
-        self.conn, self.u, self.id = conn, u, next(_ids)
+    def __init__(self, conn: "Connection", u: Utterance, graph=None):
+        self.conn, self.u, self.id, self.graph = conn, u, next(_ids), graph
         srv = conn.server
         self.sr = srv.sample_rate
         self.pcm = _PcmReader()
@@ -161,7 +160,7 @@ class _Stream:
         s, e = s_ms * self.sr // 1000, min(self.total, e_ms * self.sr // 1000)
         if e - s >= self.conn.server.min_samples:
             wave = self.buf[max(0, s - self.base): e - self.base].clone()
-            fut = self.conn.server.worker.submit(wave, cut=False, key=self.u.wav_name)
+            fut = self.conn.server.worker.submit(wave, cut=False, key=self.u.wav_name, hotwords=self.graph)
             self.conn.enqueue(_Item("segment", self, fut, span=[s_ms, e_ms], seg_no=self.seg_no))
         # audio before the end of a decided segment is never needed again: memory stays bounded by the
         # open segment (the VAD closes a segment after at most max_single_segment_time)
@@ -181,7 +180,8 @@ class _Stream:
         wave = self.buf[-cap:].clone()
         self.last_partial = self.total
         self.partial_busy = True
-        fut = srv.worker.submit(wave, cut=False, key=self.u.wav_name)
+        # partials are biased too, or a hotword would appear only when its segment's final result replaces them
+        fut = srv.worker.submit(wave, cut=False, key=self.u.wav_name, hotwords=self.graph)
         self.conn.enqueue(_Item("partial", self, fut, seg_no=self.seg_no))
 
     async def end(self, is_end: bool) -> None:
@@ -275,12 +275,13 @@ class Connection:
             await utt.end(bool(msg.get("is_end")))
             return
         u = parse_first_message(msg, self.server.hotwords)
+        graph = self.server.hotword_graph(u.hotwords)
         if self.utt is not None:
             # a new first message while one is open: FunASR clients reuse a connection this way; the open
             # utterance ends here as if its end message had come
             utt, self.utt = self.utt, None
             await utt.end(False)
-        self.utt = (_Offline if u.mode == "offline" else _Stream)(self, u)
+        self.utt = (_Offline if u.mode == "offline" else _Stream)(self, u, graph)
         self.had_utterance = True
 
     async def _binary(self, data: bytes) -> None:
@@ -313,7 +314,8 @@ class Connection:
 
     async def _emit(self, item: _Item) -> None:
         utt, u = item.utt, item.utt.u
-        note = HOTWORDS_NOT_APPLIED if u.hotwords else None
+        # with a list, every result says which hotwords fired (maybe none), as transcribe's results do
+        hot = utt.graph is not None
         if item.kind == "end":
             if utt.errored:
                 return  # its error message was its final
@@ -321,7 +323,7 @@ class Connection:
             self._held = None
             if final is None:
                 mode = {"offline": "offline", "2pass": "2pass-offline", "online": "online"}[u.mode]
-                final = result_message(u, mode, "", is_final=False, hotwords_note=note)
+                final = result_message(u, mode, "", is_final=False, hotwords=[] if hot else None)
             if item.meta.get("warning"):
                 final["warning"] = item.meta["warning"]
             final["is_final"] = not item.meta.get("is_end")
@@ -365,7 +367,7 @@ class Connection:
         if item.kind == "offline":
             r = res.result
             msg = result_message(u, "offline", r["text"], is_final=False, timestamp=r.get("timestamp", []),
-                                 sents=stamp_sents(res.parts, res.spans), hotwords_note=note)
+                                 sents=stamp_sents(res.parts, res.spans), hotwords=r.get("hotwords") if hot else None)
             if item.meta.get("warning"):
                 msg["warning"] = item.meta["warning"]
             self._held = msg
@@ -374,15 +376,21 @@ class Connection:
         s_ms, e_ms = item.meta["span"]
         part = res.parts[0]
         ts = [[a + s_ms, b + s_ms] for a, b in part.get("timestamp", [])]
+        # start/end index this segment's tokens; times are absolute like the message's timestamp
+        found = [_shift(h, s_ms) for h in part.get("hotwords", ())] if hot else None
         if u.mode == "2pass":
             self._held = result_message(u, "2pass-offline", part["text"], is_final=False, timestamp=ts,
                                         sents=stamp_sents([{**part, "timestamp": ts}], [[s_ms, e_ms]]),
-                                        hotwords_note=note)
+                                        hotwords=found)
         else:
             # online: the increment over the partials already sent, when the full decode extends them
             text = part["text"]
             sent = utt.sent if utt.sent_seg == item.meta["seg_no"] else ""
             delta = text[len(sent):] if text.startswith(sent) else ""
-            self._held = result_message(u, "online", delta, is_final=False, hotwords_note=note)
+            self._held = result_message(u, "online", delta, is_final=False, hotwords=found)
         utt.emitted = item.meta["seg_no"] + 1
         utt.sent, utt.sent_seg = "", utt.emitted
+
+
+def _shift(h: dict, off_ms: int) -> dict:
+    return {**h, "timestamp": [h["timestamp"][0] + off_ms, h["timestamp"][1] + off_ms]} if "timestamp" in h else h

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
+
+from ..hotwords import HotwordError, HotwordList
 
 MODES = ("offline", "2pass", "online")
 # FunASR's python server starts in 2pass; funasr-client sends `"mode": null` when not told otherwise
 DEFAULT_MODE = "2pass"
 # the formats read as raw 16-bit little-endian samples; anything else is a container read with soundfile
 PCM_FORMATS = ("pcm", "", "raw", "s16le")
-DEFAULT_HOTWORD_WEIGHT = 20  # FunASR's client gives every word of a plain hotword list this weight
 
 
 class ProtocolError(ValueError):
@@ -37,7 +37,7 @@ class Utterance:
     audio_fs: int = 16000
     chunk_size: tuple[int, int, int] = (5, 10, 5)
     chunk_interval: int = 10
-    hotwords: dict[str, int] = field(default_factory=dict)
+    hotwords: HotwordList = field(default_factory=HotwordList)  # the server's list merged with the client's
     itn: bool = True
 
     @property
@@ -74,42 +74,12 @@ def parse_chunk_size(value) -> tuple[int, int, int]:
     return a, b, c
 
 
-def parse_hotwords(value) -> dict[str, int]:
-    """FunASR's `hotwords`: a JSON map string {"word": weight}; also a map, a list of words, or words separated
-    by commas or spaces (each then gets FunASR's default weight)."""
-    if value is None or value == "":
-        return {}
-    if isinstance(value, str):
-        s = value.strip()
-        if s.startswith("{"):
-            try:
-                value = json.loads(s)
-            except json.JSONDecodeError as e:
-                raise ProtocolError("bad_request", f"hotwords looks like a JSON map but is not one: {e}") from None
-        else:
-            value = [w for w in s.replace(",", " ").replace("，", " ").split() if w]
-    if isinstance(value, dict):
-        out = {}
-        for w, weight in value.items():
-            out[str(w)] = _int(weight, f"hotword weight of {w!r}", -1000, 1000)
-        return out
-    if isinstance(value, (list, tuple)):
-        return {str(w): DEFAULT_HOTWORD_WEIGHT for w in value if str(w).strip()}
-    raise ProtocolError("bad_request", f"hotwords must be a JSON map string, a map or a list of words, got {value!r}")
-
-
-def read_hotword_file(path) -> dict[str, int]:
-    """FunASR's server --hotword file: one word per line, optionally followed by its weight."""
-    out = {}
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        parts = line.split()
-        if not parts:
-            continue
-        if len(parts) > 1 and parts[-1].lstrip("-").isdigit():
-            out[" ".join(parts[:-1])] = int(parts[-1])
-        else:
-            out[" ".join(parts)] = DEFAULT_HOTWORD_WEIGHT
-    return out
+def parse_hotwords(value) -> HotwordList:
+    """A client's `hotwords`, in any form HotwordList.parse reads; a bad one is this client's bad_request."""
+    try:
+        return HotwordList.parse(value, source="hotwords")
+    except HotwordError as e:
+        raise ProtocolError("bad_request", str(e)) from None
 
 
 def parse_message(text: str) -> dict:
@@ -127,7 +97,7 @@ def is_end_message(msg: dict) -> bool:
     return msg.get("is_speaking") is False
 
 
-def parse_first_message(msg: dict, server_hotwords: dict[str, int] | None = None) -> Utterance:
+def parse_first_message(msg: dict, server_hotwords: HotwordList | None = None) -> Utterance:
     """The client's first message → Utterance. Keys that are null count as absent; unknown keys are ignored."""
     get = lambda k: msg.get(k) if msg.get(k) is not None else None  # noqa: E731
     u = Utterance()
@@ -146,7 +116,8 @@ def parse_first_message(msg: dict, server_hotwords: dict[str, int] | None = None
         u.chunk_size = parse_chunk_size(get("chunk_size"))
     if get("chunk_interval") is not None:
         u.chunk_interval = _int(get("chunk_interval"), "chunk_interval", 1, 1000)
-    u.hotwords = {**(server_hotwords or {}), **parse_hotwords(get("hotwords"))}
+    # FunASR's servers merge so: the server's --hotword list for everyone, the client's weights winning
+    u.hotwords = HotwordList(server_hotwords).merged(parse_hotwords(get("hotwords")))
     if get("itn") is not None:
         itn = get("itn")
         u.itn = itn if isinstance(itn, bool) else str(itn).lower() not in ("0", "false", "no")
@@ -172,16 +143,16 @@ def stamp_sents(parts, spans) -> list[dict]:
 
 
 def result_message(u: Utterance, mode: str, text: str, *, is_final: bool, timestamp=None, sents=None,
-                   hotwords_note: str | None = None) -> dict:
+                   hotwords=None) -> dict:
+    """hotwords: the occurrences found (the recognizer's "hotwords" results), sent when the utterance had a list."""
     msg = {"mode": mode, "wav_name": u.wav_name, "text": text, "is_final": is_final}
     if timestamp is not None:
         # a JSON string, as FunASR's documents and C++ servers send it; both PyPI clients parse it so
         msg["timestamp"] = json.dumps(timestamp, separators=(",", ":"))
     if sents is not None:
         msg["stamp_sents"] = sents
-    if hotwords_note is not None and u.hotwords:
-        msg["hotwords_applied"] = False
-        msg["hotwords_note"] = hotwords_note
+    if hotwords is not None:
+        msg["hotwords"] = hotwords
     return msg
 
 

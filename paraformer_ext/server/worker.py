@@ -4,6 +4,9 @@ Connections submit jobs (an utterance or one speech segment, as a 1-D waveform a
 event loop; the thread takes what has arrived, waits at most `max_wait_s` for more while the padded-frame
 budget is not full, cuts each job as `transcribe` cuts a file (Engine.cut: long audio into VAD segments),
 packs all segments with Engine.plan, runs the batches, and resolves each job's asyncio future on its loop.
+A job may carry a compiled hotword graph (its connection's list): a batch then decodes each segment with its
+own job's graph (Pipeline.decode with one graph per item), and a batch where no job has one is decoded exactly
+as before hotwords existed.
 
 One thread, because the model already uses every core for one batch, and a batch of many connections' segments
 is cheaper than the same segments one by one: that is the point of the server. Recognition never runs on the
@@ -21,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..engine import Engine, Source
+from ..hotwords import HotwordGraph
 
 log = logging.getLogger("paraformer_ext.server")
 
@@ -32,6 +36,7 @@ class Job:
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     key: str = "utt"
+    hotwords: HotwordGraph | None = None  # the utterance's compiled list (Server.hotword_graph); None: greedy
     submitted: float = field(default_factory=time.perf_counter)
 
 
@@ -71,14 +76,16 @@ class RecognitionWorker:
     def pending(self) -> int:
         return self._q.qsize()
 
-    def submit(self, wave: torch.Tensor, *, cut: bool, key: str = "utt") -> asyncio.Future:
-        """From the event loop: recognize `wave`; the future resolves to a JobResult (or an exception)."""
+    def submit(self, wave: torch.Tensor, *, cut: bool, key: str = "utt",
+               hotwords: HotwordGraph | None = None) -> asyncio.Future:
+        """From the event loop: recognize `wave` (biased by `hotwords`, a compiled graph); the future resolves to
+        a JobResult (or an exception)."""
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         if self._stopped:
             fut.set_exception(RuntimeError("the server is shutting down"))
             return fut
-        self._q.put(Job(wave, cut, fut, loop, key))
+        self._q.put(Job(wave, cut, fut, loop, key, hotwords))
         return fut
 
     # --- the thread ------------------------------------------------------------------------------------
@@ -137,7 +144,9 @@ class RecognitionWorker:
             if self.fault_hook is not None:
                 self.fault_hook([jobs[i] for i in cuts])
             for batch in eng.plan(segments):
-                results = eng.run_batch(batch)
+                graphs = [jobs[seg.src.index].hotwords for seg in batch]
+                # no graph in the batch: not even a list of Nones, so the path is the one without hotwords
+                results = eng.run_batch(batch, graphs if any(g is not None for g in graphs) else None)
                 self.batches += 1
                 self.segments += len(batch)
                 for seg, r in zip(batch, results):
@@ -150,7 +159,7 @@ class RecognitionWorker:
         for i, (segs, spans, _) in cuts.items():
             got = done.get(i, {})
             parts = [got[k] for k in sorted(got)]
-            res = eng.assemble(jobs[i].key, parts, spans)
+            res = eng.assemble(jobs[i].key, parts, spans, hotwords=jobs[i].hotwords is not None)
             ms_spans = spans or [[0, jobs[i].wave.numel() * 1000 // sr]]
             abs_parts = [_offset(r, s) for r, (s, _) in zip(parts, ms_spans)] if spans else parts
             _resolve(jobs[i], JobResult(res, abs_parts, ms_spans))
