@@ -150,3 +150,23 @@ def self_signed(tmp_path):
     keyfile.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                           serialization.NoEncryption()))
     return certfile, keyfile
+
+
+def rival_hotwords(asr, path, n: int = 2) -> list[str]:
+    """n two-token hotwords the model did not output, all starting with the greedy token of the first speech
+    position, then a different CJK token each (in the order of their posteriors there). On the random-weight
+    test model the posteriors are nearly flat, so each of them fires when it is alone, and when several
+    compete the weights decide which: that is what makes a list's effect, and which list won, visible."""
+    from paraformer_ext.text import SPECIAL_IDS
+
+    wave = torch.from_numpy(sf.read(path, dtype="float32")[0])[None]
+    p = asr.pipeline
+    out = p.model.greedy(*p.features(wave, torch.tensor([wave.shape[1]])), log_posteriors=True)
+    ids, logp, tok = out.token_ids[0, : int(out.token_num[0])], out.log_posteriors[0], asr.tokens
+    for q in range(len(ids) - 1):
+        if int(ids[q]) in SPECIAL_IDS:
+            continue
+        cjk = [v for v in logp[q + 1].argsort(descending=True).tolist()
+               if v != int(ids[q + 1]) and len(tok[v]) == 1 and "\u4e00" <= tok[v] <= "\u9fff"]
+        return [tok[int(ids[q])] + tok[v] for v in cjk[:n]]
+    pytest.skip("no speech position to build a hotword on")

@@ -1,6 +1,7 @@
 """The websocket server (paraformer_ext.server): our client gets the CLI's transcripts in offline and 2pass,
-the protocol's variants are accepted, each fault gets an error for its own client and the next request is
-still served right, TLS, many connections at once, SIGTERM."""
+the protocol's variants are accepted, hotwords bias each connection as transcribe's do (the server's list
+merged with the client's), each fault gets an error for its own client and the next request is still served
+right, TLS, many connections at once, SIGTERM."""
 from __future__ import annotations
 
 import asyncio
@@ -19,7 +20,7 @@ from conftest import REPO, golden_checkpoint, needs_shared
 pytest.importorskip("websockets")
 
 from server_helpers import (ServerThread, cli_results, distinct_files, exchange, first, frames, make_audio,  # noqa: E402
-                            pcm16, self_signed)
+                            pcm16, rival_hotwords, self_signed)
 from paraformer_ext import load  # noqa: E402
 from paraformer_ext.server.client import recognize  # noqa: E402
 
@@ -121,7 +122,7 @@ def test_online_mode_sends_increments_and_one_final(srv, audio):
     assert {m["mode"] for m in r["messages"]} == {"online"}
 
 
-def test_protocol_variants(srv, audio, expected):
+def test_protocol_variants(srv, asr, audio, expected):
     data, _ = pcm16(audio["mid"])
     exp = expected["offline"]["mid"]["text"]
 
@@ -151,9 +152,12 @@ def test_protocol_variants(srv, audio, expected):
     check_one_final(replies)  # the repeated end got no second answer
     assert replies[-1]["mode"] == "2pass-offline"  # FunASR's default mode
     assert " ".join(m["text"] for m in replies if m["mode"] == "2pass-offline" and m["text"]) == expected["2pass"]["mid"]["text"]
-    for k in ("hot_map", "hot_list"):
+    for k, hw in (("hot_map", {"阿里巴巴": 20}), ("hot_list", ["阿里巴巴", "达摩院", "魔搭"])):
         (m,) = out[k][0]
-        assert m["text"] == exp and m["hotwords_applied"] is False and "not applied" in m["hotwords_note"]
+        with pytest.warns(UserWarning, match="not in the model's vocabulary"):  # the test model's tokens lack them
+            want = asr.transcribe(str(audio["mid"]), hotwords=hw, timestamps=True)[0]
+        assert m["text"] == want["text"] and m["hotwords"] == want["hotwords"]
+        assert "hotwords_applied" not in m and "hotwords_note" not in m
     r, _ = out["is_end"]
     assert [m.get("is_final") for m in r] == [False, True] and r[0]["text"] == exp
     assert r[1] == {"mode": "offline", "wav_name": "t", "text": "", "is_final": True, "is_end": True}
@@ -162,6 +166,111 @@ def test_protocol_variants(srv, audio, expected):
         assert m["text"] == exp and m["is_final"]
     r, _ = out["two_utts"]
     assert [(m["wav_name"], m["text"], m["is_final"]) for m in r] == [("a", exp, True), ("b", exp, True)]
+
+
+def hot_ts(r) -> list:
+    """The words of the fired hotwords and their times (start/end index a message's own tokens, which a 2pass
+    message does not carry, so they are not compared across segments)."""
+    return [(h["word"], h["timestamp"]) for h in r["hotwords"]]
+
+
+@pytest.mark.parametrize("mode", ["offline", "2pass"])
+def test_client_hotwords_get_what_transcribe_gives(srv, model_dir, audio, expected, mode):
+    """A client's hotwords decode as load(model, hotwords=...).transcribe does: the same text, timestamps and
+    fired hotwords; in 2pass each segment result as transcribe's VAD segments (long_audio_s=0)."""
+    f = audio["mid" if mode == "offline" else "two"]
+    (word,) = rival_hotwords(load(model_dir), f, 1)
+    hot = {word: 100}
+    want = load(model_dir, hotwords=hot).transcribe(str(f), timestamps=True,
+                                                    **({} if mode == "offline" else {"long_audio_s": 0}))[0]
+    plain = expected[mode][f.stem]
+    assert any(h["word"] == word for h in want["hotwords"]) and want["text"] != plain["text"]  # it has an effect
+    r = run(recognize(srv.uri, str(f), mode=mode, hotwords=json.dumps(hot)))
+    assert "error" not in r, r
+    check_one_final(r["messages"])
+    assert r["text"] == want["text"]
+    if mode == "offline":
+        (m,) = r["messages"]
+        assert json.loads(m["timestamp"]) == want["timestamp"] and m["hotwords"] == want["hotwords"]
+        assert "hotwords_applied" not in m
+    else:
+        offl = [m for m in r["messages"] if m["mode"] == "2pass-offline" and m["text"]]
+        assert len(offl) == len(want["segments"]) == 2
+        assert [t for m in offl for t in json.loads(m["timestamp"])] == want["timestamp"]
+        assert [h for m in offl for h in hot_ts(m)] == hot_ts(want)
+
+
+def test_server_hotword_file_merged_with_the_client_list(asr, vad, model_dir, audio, tmp_path):
+    """--hotword applies to every connection; a client's list is merged in, its weights winning. a and b compete
+    at the same tokens, so the heavier one fires: a with the file's weights, b when the client raises it."""
+    f = audio["mid"]
+    a, b = rival_hotwords(asr, f, 2)
+    hw_file = tmp_path / "hot.txt"
+    hw_file.write_text(f"{a} 60\n{b} 10\n", encoding="utf-8")
+    s = ServerThread(asr, vad, hotword_file=str(hw_file))
+    try:
+        async def go():
+            return await asyncio.gather(recognize(s.uri, str(f)), recognize(s.uri, str(f), hotwords=json.dumps({b: 100})))
+
+        none, raised = run(go())
+    finally:
+        s.close()
+    file_only = load(model_dir, hotwords=hw_file).transcribe(str(f), timestamps=True)[0]
+    merged = load(model_dir, hotwords=hw_file).transcribe(str(f), timestamps=True, hotwords={b: 100})[0]
+    assert {h["word"] for h in file_only["hotwords"]} == {a} and {h["word"] for h in merged["hotwords"]} == {b}
+    for r, want in ((none, file_only), (raised, merged)):
+        (m,) = r["messages"]
+        assert m["text"] == want["text"] and m["hotwords"] == want["hotwords"]
+
+
+def test_connections_with_different_lists_in_one_batch(asr, vad, model_dir, audio, expected):
+    """Three connections in one batch: two with different lists, one with none. Each gets its own list's result;
+    the one without gets the plain (greedy) result bit for bit."""
+    f = audio["mid"]
+    a, b = rival_hotwords(asr, f, 2)
+    s = ServerThread(asr, vad, max_wait_s=3.0)  # long enough for all three to meet in the worker
+    batches = []
+    s.server.worker.fault_hook = lambda jobs: batches.append([j.hotwords for j in jobs])
+    try:
+        async def go():
+            return await asyncio.gather(recognize(s.uri, str(f), hotwords=json.dumps({a: 100})),
+                                        recognize(s.uri, str(f), hotwords=json.dumps({b: 100})),
+                                        recognize(s.uri, str(f)))
+
+        ra, rb, rn = run(go())
+    finally:
+        s.close()
+    assert any(len(g) == 3 and len({id(x) for x in g}) == 3 for g in batches), batches
+    for r, w in ((ra, a), (rb, b)):
+        want = load(model_dir, hotwords={w: 100}).transcribe(str(f), timestamps=True)[0]
+        (m,) = r["messages"]
+        assert m["text"] == want["text"] and m["hotwords"] == want["hotwords"]
+        assert {h["word"] for h in m["hotwords"]} == {w}
+    (m,) = rn["messages"]
+    assert m["text"] == expected["offline"]["mid"]["text"] and "hotwords" not in m
+    assert json.loads(m["timestamp"]) == expected["offline"]["mid"]["timestamp"]
+
+
+def test_bad_hotwords_answered_and_the_next_request_served(srv, asr, audio):
+    f = audio["mid"]
+    data, _ = pcm16(f)
+    (word,) = rival_hotwords(asr, f, 1)
+
+    async def go():
+        bad = {}
+        for name, value in (("weight", json.dumps({word: "heavy"})), ("json", '{"%s": ' % word),
+                            ("type", 7), ("entry", [word, 3])):
+            replies, close = await exchange(srv.uri, [first(hotwords=value), *frames(data), {"is_speaking": False}])
+            bad[name] = (expect_error((replies, close), "bad_request"), replies[-1]["error"]["message"])
+        good = await recognize(srv.uri, str(f), hotwords=json.dumps({word: 100}))
+        return bad, good
+
+    bad, good = run(go())
+    assert all(close == 1008 and "hotwords" in msg for close, msg in bad.values()), bad
+    assert "heavy" in bad["weight"][1]
+    want = asr.transcribe(str(f), hotwords={word: 100}, timestamps=True)[0]
+    (m,) = good["messages"]
+    assert m["text"] == want["text"] and m["hotwords"] == want["hotwords"] and m["hotwords"]
 
 
 def expect_error(result, code):
