@@ -28,7 +28,7 @@ table{border-collapse:collapse;margin-top:.6rem;font-size:.9rem} td,th{border:1p
 </fieldset>
 <fieldset><legend>Options</legend>
 <label>mode <select id="mode"><option>offline</option><option selected>2pass</option><option>online</option></select></label>
-<label>hotwords <input type="text" id="hotwords" placeholder='阿里巴巴 20, or {"阿里巴巴": 20}'></label>
+<label>hotwords <input type="text" id="hotwords" placeholder='阿里巴巴, 通义 or {"阿里巴巴": 20}'></label>
 </fieldset>
 <button id="start">Start</button><button id="stop" disabled>Stop</button>
 <div id="status">idle</div>
