@@ -316,6 +316,20 @@ def test_file_and_json_formats(tmp_path):
         HotwordList.parse_json("{阿里")
 
 
+def test_parse_every_client_form():
+    """HotwordList.parse: what FunASR's websocket clients send as `hotwords`."""
+    D = DEFAULT_WEIGHT
+    assert not HotwordList.parse(None) and not HotwordList.parse("") and not HotwordList.parse("  ")
+    assert HotwordList.parse('{"阿里巴巴": 20, "hello world": 40}').as_dict() == {"阿里巴巴": 20.0, "hello world": 40.0}
+    assert HotwordList.parse({"通义": 30}).as_dict() == {"通义": 30.0}
+    assert HotwordList.parse(["阿里巴巴", "通义"]).as_dict() == {"阿里巴巴": D, "通义": D}
+    assert HotwordList.parse("阿里巴巴, 达摩院 魔搭，通义").as_dict() == {"阿里巴巴": D, "达摩院": D, "魔搭": D, "通义": D}
+    for bad, msg in ((7, "got int"), ('{"阿里": ', "not valid JSON"), ({"阿里": "x"}, "not a number"),
+                     (["阿里", 3], "expected a word")):
+        with pytest.raises(HotwordError, match=msg):
+            HotwordList.parse(bad)
+
+
 def test_merge_client_wins():
     server = HotwordList({"阿里巴巴": 20, "通义": 30})
     merged = server.merged({"通义": 80, "达摩院": 10})
