@@ -109,15 +109,27 @@ def test_oom_splits_batches(asr, clips, monkeypatch):
     eng = asr.engine(timestamps=False)
     real = eng._run_batch
 
-    def flaky(batch):
+    def flaky(batch, hotwords=None):
         if len(batch) > 2:
             raise torch.cuda.OutOfMemoryError("simulated")
-        return real(batch)
+        return real(batch, hotwords)
 
     monkeypatch.setattr(eng, "_run_batch", flaky)
     got = dict(eng.run(clips))
     assert eng.oom_splits > 0
     assert [got[i] for i in range(len(clips))] == asr.transcribe(clips, batch_size=1)
+    # per-segment hotword graphs (the server's) are split with their segments
+    from paraformer_ext.engine import Segment, Source
+
+    waves = [load_audio(SHARED / "audio" / f) for f in ("asr_example.wav", "mid.wav", "long.wav", "mid.wav")]
+    batch = [Segment(Source(i, f"w{i}", None, w, w.numel(), 16000), 0, 0, w.numel()) for i, w in enumerate(waves)]
+    first = asr.transcribe(waves[0].numpy(), sample_rate=16000)[0]["token_ids"]
+    graph = asr.pipeline.compile_hotwords({asr.tokens[first[0]] + asr.tokens[first[1]]: 100})
+    assert len(graph) == 1  # the word is in the vocabulary, so the odd segments really search
+    graphs = [graph if i % 2 else None for i in range(len(batch))]
+    split = eng.run_batch(batch, hotwords=graphs)
+    whole = asr.engine(timestamps=False).run_batch(batch, hotwords=graphs)
+    assert split == whole and all(("hotwords" in r) == (g is not None) for r, g in zip(split, graphs))
 
 
 def test_long_input_windows_and_offsets(asr, tmp_path):
