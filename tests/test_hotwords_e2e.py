@@ -118,6 +118,28 @@ def test_pipeline_api_per_request(asr, wave):
         asr.pipeline.recognize(x, lengths, hotwords={word: 100})
 
 
+def test_one_graph_per_item(asr, wave):
+    """A batch mixing items with different graphs and none (the server's): each item gets exactly what it gets
+    alone with its own graph, and the items without one their greedy result (the fused argmax run)."""
+    word, _ = forced_hotword(asr, wave)
+    other = synthetic_speech(3.0, seed=7).astype(np.float32)
+    g1 = asr.pipeline.compile_hotwords({word: 100})
+    g2 = asr.pipeline.compile_hotwords({word[::-1]: 100})
+    x = torch.zeros(4, len(wave))
+    x[0], x[2], x[3] = torch.from_numpy(wave), torch.from_numpy(wave), torch.from_numpy(wave)
+    x[1, : len(other)] = torch.from_numpy(other)
+    lengths = torch.tensor([len(wave), len(other), len(wave), len(wave)])
+    graphs = [g1, None, g2, None]
+    mixed = asr.pipeline.recognize(x, lengths, hotwords=graphs, timestamps=True)
+    for b, g in enumerate(graphs):
+        alone = asr.pipeline.recognize(x[b : b + 1, : lengths[b]], lengths[b : b + 1], hotwords=g, timestamps=True)
+        assert mixed[b] == alone[0], b
+    assert mixed[0]["text"] != mixed[2]["text"] != mixed[3]["text"] and "hotwords" not in mixed[3]
+    assert [h["word"] for h in mixed[0]["hotwords"]][:1] == [word]
+    with pytest.raises(ValueError, match="one graph"):
+        asr.pipeline.recognize(x, lengths, hotwords=graphs[:3])
+
+
 def test_reference_path_agrees(model_dir, wave):
     """kernels=False runs the Python search; the same tokens as the compiled op."""
     word, _ = forced_hotword(load(model_dir), wave)
