@@ -83,7 +83,7 @@ class Server:
         self._graphs: collections.OrderedDict = collections.OrderedDict()
         self.worker = RecognitionWorker(self.engine, self.opt.max_wait_s)
         # one thread for the streaming VAD of every connection: its state is per connection, its work is
-        # small and it must not hold the event loop
+        # small and it must not hold the event loop (hotword lists are compiled there too, for the same reason)
         self._vad_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vad")
         self.connections: set[Connection] = set()
         self._server = None
@@ -92,7 +92,8 @@ class Server:
     def hotword_graph(self, hotwords: HotwordList) -> HotwordGraph | None:
         """The compiled graph of an utterance's merged list (None for an empty one: greedy decoding). Graphs are
         cached by the list's content, so the connections that send the same list (or none, with a --hotword
-        file) share one graph and skip compiling it; the cache is bounded because clients choose the lists."""
+        file) share one graph and skip compiling it; the cache is bounded because clients choose the lists.
+        Called in the VAD thread only (Connection), so the cache needs no lock."""
         if not hotwords:
             return None
         key = hotwords.items
