@@ -273,6 +273,15 @@ def test_bad_hotwords_answered_and_the_next_request_served(srv, asr, audio):
     assert m["text"] == want["text"] and m["hotwords"] == want["hotwords"] and m["hotwords"]
 
 
+def test_serve_refuses_a_bad_hotword_file(model_dir, tmp_path, capsys):
+    from paraformer_ext.cli import main
+
+    bad = tmp_path / "hot.txt"
+    bad.write_text("阿里巴巴 heavy\n", encoding="utf-8")
+    assert main(["serve", "--model", str(model_dir), "--port", "0", "--hotword", str(bad)]) == 1
+    assert "hot.txt:1" in capsys.readouterr().err
+
+
 def expect_error(result, code):
     replies, close = result
     assert replies and "error" in replies[-1], replies
