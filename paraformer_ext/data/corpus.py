@@ -186,11 +186,17 @@ def synthesize(syllables: list[str], cond: dict) -> np.ndarray:
     fx = subprocess.run(["sox", "-t", "wav", "-", "-t", "raw", "-e", "floating-point", "-b", "32", "-c", "1",
                          "-r", str(SAMPLE_RATE), "-", *cond["effects"]], input=tts.stdout, capture_output=True,
                         check=True)
-    x = np.frombuffer(fx.stdout, dtype=np.float32).astype(np.float64)
-    if cond["noise"] is not None and x.size:
+    x = np.frombuffer(fx.stdout, dtype=np.float32)
+    return add_noise(x, cond, np.random.default_rng(cond.get("noise_seed", 0)))
+
+
+def add_noise(x: np.ndarray, cond: dict, rng: np.random.Generator) -> np.ndarray:
+    """x plus cond's noise kind at cond's SNR (none when cond["noise"] is None), scaled down to peak 0.99 if it
+    would clip: float32."""
+    x = x.astype(np.float64)
+    if cond.get("noise") and x.size:
         rms = float(np.sqrt(np.mean(x ** 2)))
-        noise = _colored_noise(x.size, cond["noise"], np.random.default_rng(cond["noise_seed"]))
-        x = x + noise * rms * 10 ** (-cond["snr_db"] / 20)
+        x = x + _colored_noise(x.size, cond["noise"], rng) * rms * 10 ** (-cond["snr_db"] / 20)
     peak = float(np.max(np.abs(x))) if x.size else 0.0
     if peak > 0.99:
         x *= 0.99 / peak

@@ -99,7 +99,7 @@ def syllable_by_syllable(syllables: list[str], cond: dict, seed: int, sr: int = 
     """Each syllable synthesized alone (`corpus.synthesize` with cond, noise off), trimmed of its silence,
     joined with 40-160 ms pauses: audio and the true [start_ms, end_ms] of every syllable. Noise is added
     afterwards at cond's SNR so the trimming sees clean speech."""
-    from .corpus import _colored_noise, synthesize
+    from .corpus import add_noise, synthesize
 
     rng = np.random.default_rng(seed)
     clean = {**cond, "noise": None}
@@ -111,14 +111,7 @@ def syllable_by_syllable(syllables: list[str], cond: dict, seed: int, sr: int = 
         gap = np.zeros(int(rng.integers(4, 17)) * sr // 100, np.float32)
         parts += [x, gap]
         t += len(x) + len(gap)
-    audio = np.concatenate(parts).astype(np.float64)
-    if cond.get("noise"):
-        rms = float(np.sqrt(np.mean(audio ** 2)))
-        audio += _colored_noise(audio.size, cond["noise"], rng) * rms * 10 ** (-cond["snr_db"] / 20)
-    peak = float(np.abs(audio).max())
-    if peak > 0.99:
-        audio *= 0.99 / peak
-    return audio.astype(np.float32), bounds
+    return add_noise(np.concatenate(parts), cond, rng), bounds
 
 
 def timestamp_error(recognizer, rows: list[dict], variants: list[str], seed: int = 0) -> dict:
