@@ -64,6 +64,11 @@ class Pipeline:
         instead of taken greedily, and each result gets "hotwords": the occurrences found (text.postprocess).
         None: greedy decoding, exactly as without this argument. A sequence of B graphs or None: each item with
         its own (a server's batch of connections with different lists), see _decode_mixed."""
+        if self.model.cfg.streaming:
+            from .model.config import UnsupportedModelError
+            from .recognizer import offline_refusal
+
+            raise UnsupportedModelError(offline_refusal(None))
         if hotwords is None or isinstance(hotwords, HotwordGraph):
             return self._decode(features, lengths, timestamps, timer, [hotwords] * features.size(0))
         if not isinstance(hotwords, (list, tuple)):

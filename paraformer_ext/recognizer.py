@@ -17,8 +17,18 @@ from .engine import Engine, EngineOptions
 from .hotwords import DEFAULT_TOKEN_BONUS, HotwordGraph, HotwordList, as_hotword_list
 from .pipeline import Pipeline
 from .results import Result
+from .model.config import UnsupportedModelError
 from .model.paraformer import Paraformer
 from .text import TokenList
+
+
+def offline_refusal(where) -> str:
+    """Why a streaming directory is not decoded offline, and what to do instead."""
+    return (f"{where or 'this model'} is a streaming Paraformer (config.yaml model: ParaformerStreaming). FunASR has no "
+            "whole-utterance decoding for it: its generate() on a file runs the streaming loop in 600 ms chunks "
+            "with the look-backs left at 0 unless passed. Decode it chunk by chunk: s = asr.stream(chunk_size=10); "
+            "s.accept(samples, 16000); s.finish()['text'] (FunASR's documented look-backs 4 and 1 are the "
+            "defaults); or load the offline model for transcribe()")
 
 
 def _dtype(dtype) -> torch.dtype:
@@ -126,11 +136,46 @@ class Recognizer:
         return cls(Pipeline(frontend.to(device), model, tokens, device), files.root, files.weights, hotwords,
                    hotword_token_bonus)
 
+    # --- streaming (ParaformerStreaming directories) -------------------------------------------------------
+
+    @property
+    def streaming(self) -> bool:
+        """Whether this is a streaming model (config.yaml model: ParaformerStreaming): decoded with stream()."""
+        return bool(self.model.cfg.streaming)
+
+    def stream(self, chunk_size=10, encoder_look_back: int = 4, decoder_look_back: int = 1):
+        """A new stream.Stream over this streaming model: chunk_size C (FunASR's [0, C, C // 2]: C · 60 ms per
+        chunk, 10 = 600 ms, 8 = 480 ms) or FunASR's [c0, c1, c2]; encoder_look_back / decoder_look_back: FunASR's
+        encoder_chunk_look_back (−1: all) / decoder_chunk_look_back, in chunks (its documented 4 and 1)."""
+        from .stream import chunk_config
+
+        return self._streaming_engine().stream(chunk_config(chunk_size, encoder_look_back, decoder_look_back))
+
+    def decode_streams(self, streams) -> int:
+        """Decode every ready chunk of these streams (made with stream(); fed with accept(..., decode=False) /
+        finish(decode=False)), one batched model step over all of them per chunk; each stream's result equals
+        decoding it alone. Returns the number of batched steps."""
+        return self._streaming_engine().decode_streams(list(streams))
+
+    def _streaming_engine(self):
+        if not self.streaming:
+            raise UnsupportedModelError(
+                f"{self.model_dir or 'this model'} is an offline Paraformer (config.yaml model: Paraformer); "
+                "stream() needs a streaming one (model: ParaformerStreaming, e.g. paraformer-zh-streaming). "
+                "Use transcribe() for this model")
+        if getattr(self, "_stream_engine", None) is None:
+            from .stream import StreamingEngine
+
+            self._stream_engine = StreamingEngine(self.pipeline)
+        return self._stream_engine
+
     # --- transcription ---------------------------------------------------------------------------------
 
     def engine(self, batch_size: int | None = None, **options) -> "Engine":
         """A batched inference engine over this model (options: engine.EngineOptions; batch_size is
-        max_batch_size)."""
+        max_batch_size). Offline models only (streaming ones: stream())."""
+        if self.streaming:
+            raise UnsupportedModelError(offline_refusal(self.model_dir))
         if batch_size is not None:
             if batch_size < 1:
                 raise ValueError(f"batch_size must be >= 1, got {batch_size}")

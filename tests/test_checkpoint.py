@@ -126,14 +126,20 @@ def test_malformed_weights(ckpt):
     [
         ("model", "SeacoParaformer", "SeACo"),
         ("model", "BiCifParaformer", "BiCif"),
-        ("model", "ParaformerStreaming", "streaming"),
-        ("encoder", "SANMEncoderChunkOpt", "streaming chunked"),
         ("predictor", "CifPredictorV3", "upsampling"),
     ],
 )
 def test_unsupported_model_classes(ckpt, role, value, what):
     _edit_config(ckpt, lambda c: c.__setitem__(role, value))
     with pytest.raises(UnsupportedModelError, match=rf"{role} is '{value}'.*{what}.*supported: model Paraformer"):
+        load(ckpt, kernels=False)
+
+
+@pytest.mark.parametrize("role,value", [("model", "ParaformerStreaming"), ("encoder", "SANMEncoderChunkOpt")])
+def test_offline_streaming_halves_do_not_mix(ckpt, role, value):
+    """A streaming model needs the chunked encoder and the offline model the plain one (both are supported)."""
+    _edit_config(ckpt, lambda c: c.__setitem__(role, value))
+    with pytest.raises(UnsupportedModelError, match=r"Paraformer \+ SANMEncoder and ParaformerStreaming \+ SANMEncoderChunkOpt"):
         load(ckpt, kernels=False)
 
 

@@ -1,7 +1,10 @@
 """Model geometry read from FunASR's config.yaml (spec paraformer.md §6): nothing is hard-coded.
 
-Only the offline Paraformer (model: Paraformer, SANMEncoder, CifPredictorV2, ParaformerSANMDecoder,
-WavFrontend) is supported; every other class gets an error that says what was found.
+Two models are supported: the offline Paraformer (model: Paraformer, SANMEncoder, CifPredictorV2,
+ParaformerSANMDecoder, WavFrontend) and its streaming twin (model: ParaformerStreaming, SANMEncoderChunkOpt with
+input_layer pe_online, the same predictor and decoder, frontend WavFrontend or WavFrontendOnline; spec §6, the
+paraformer-zh-streaming layout). Both have the same state_dict keys. Every other class gets an error that says
+what was found.
 """
 from __future__ import annotations
 
@@ -12,17 +15,17 @@ from typing import Any
 # config.yaml. Here, in a module that imports nothing of the package, so that ops/ can default to it too.
 LAYER_NORM_EPS = 1e-12
 
-SUPPORTED = "model Paraformer with encoder SANMEncoder, predictor CifPredictorV2, decoder ParaformerSANMDecoder, frontend WavFrontend"
+SUPPORTED = ("model Paraformer with encoder SANMEncoder, predictor CifPredictorV2, decoder ParaformerSANMDecoder, "
+             "frontend WavFrontend; or model ParaformerStreaming with encoder SANMEncoderChunkOpt (the same predictor "
+             "and decoder, frontend WavFrontend or WavFrontendOnline)")
 
 # Classes FunASR registers for neighbouring models, with what they are, for a precise error message.
 KNOWN_UNSUPPORTED = {
     "SeacoParaformer": "SeACo-Paraformer (hotword biasing; CifPredictorV3 + seaco decoder)",
     "BiCifParaformer": "BiCif-Paraformer (timestamp model with CifPredictorV3)",
-    "ParaformerStreaming": "streaming Paraformer (chunked encoder)",
     "ParaformerOnline": "streaming Paraformer (chunked encoder)",
     "ContextualParaformer": "contextual Paraformer (hotword bias encoder)",
     "NeatContextualParaformer": "contextual Paraformer (hotword bias encoder)",
-    "SANMEncoderChunkOpt": "the streaming chunked SAN-M encoder",
     "CifPredictorV3": "the upsampling CIF predictor of BiCif/SeACo models",
     "ParaformerSANDecoder": "the non-SAN-M Paraformer decoder (AISHELL conformer recipe)",
     "ConformerEncoder": "a Conformer encoder (AISHELL recipe)",
@@ -79,10 +82,25 @@ class EncoderConfig:
     tf2torch_tensor_name_prefix_torch: str = "encoder"
     tf2torch_tensor_name_prefix_tf: str = "seq2seq/encoder"
     input_size: int = 560
+    # SANMEncoderChunkOpt only (the streaming encoder): its training-time overlap_chunk geometry. Streaming
+    # inference takes its chunk sizes from the caller instead (FunASR's cache chunk_size), so these are kept
+    # for completeness, not used.
+    chunk_size: Any = None
+    stride: Any = None
+    pad_left: Any = None
+    encoder_att_look_back_factor: Any = None
+    decoder_att_look_back_factor: Any = None
+    streaming: bool = False  # set by ParaformerConfig: SANMEncoderChunkOpt
+
+    _CHUNK_KEYS = ("chunk_size", "stride", "pad_left", "encoder_att_look_back_factor", "decoder_att_look_back_factor")
 
     def validate(self) -> None:
+        if not self.streaming:
+            extra = [k for k in self._CHUNK_KEYS if getattr(self, k) is not None]
+            if extra:
+                raise ValueError(f"config.yaml: encoder_conf has {extra}, which only SANMEncoderChunkOpt (streaming) takes")
         checks = {
-            "input_layer": (self.input_layer, "pe"),
+            "input_layer": (self.input_layer, "pe_online" if self.streaming else "pe"),
             "pos_enc_class": (self.pos_enc_class, "SinusoidalPositionEncoder"),
             "normalize_before": (self.normalize_before, True),
             "concat_after": (self.concat_after, False),
@@ -201,6 +219,11 @@ class ParaformerConfig:
     # augmentation a model was trained with; training/specaug.py refuses what it does not implement
     specaug: str | None = None
     specaug_conf: dict = field(default_factory=dict)
+    # ParaformerStreaming (SANMEncoderChunkOpt): decoded chunk by chunk (streaming.py), never offline
+    streaming: bool = False
+    # "WavFrontend" (features of each chunk computed alone, as FunASR's offline frontend does when a streaming
+    # model is configured with it) or "WavFrontendOnline" (samples and frames carried between chunks)
+    frontend_class: str = "WavFrontend"
 
     @property
     def d_model(self) -> int:
@@ -211,20 +234,26 @@ class ParaformerConfig:
         """Parse config.yaml (already loaded). vocab_size from the token list, input_size from the frontend."""
         if not isinstance(cfg, dict):
             raise ValueError(f"config.yaml must be a mapping, got {type(cfg).__name__}")
+        streaming = cfg.get("model") == "ParaformerStreaming"
         expect = {
-            "model": "Paraformer",
-            "encoder": "SANMEncoder",
-            "predictor": "CifPredictorV2",
-            "decoder": "ParaformerSANMDecoder",
-            "frontend": "WavFrontend",
+            "model": ("ParaformerStreaming",) if streaming else ("Paraformer",),
+            "encoder": ("SANMEncoderChunkOpt",) if streaming else ("SANMEncoder",),
+            "predictor": ("CifPredictorV2",),
+            "decoder": ("ParaformerSANMDecoder",),
+            "frontend": ("WavFrontend", "WavFrontendOnline") if streaming else ("WavFrontend",),
         }
         for role, want in expect.items():
             got = cfg.get(role)
             if got is None:
-                raise ValueError(f"config.yaml has no '{role}' entry; expected {want!r}")
-            if got != want:
+                raise ValueError(f"config.yaml has no '{role}' entry; expected {' or '.join(map(repr, want))}")
+            if got not in want:
+                if role == "encoder" and got in ("SANMEncoder", "SANMEncoderChunkOpt"):
+                    raise UnsupportedModelError(
+                        f"config.yaml: model {cfg.get('model')!r} with encoder {got!r}; paraformer_ext supports "
+                        "Paraformer + SANMEncoder and ParaformerStreaming + SANMEncoderChunkOpt")
                 raise _unsupported(role, got)
         enc = _take(EncoderConfig, cfg.get("encoder_conf"), "encoder_conf")
+        enc.streaming = streaming
         enc.input_size = input_size
         enc.validate()
         dec = _take(DecoderConfig, cfg.get("decoder_conf"), "decoder_conf")
@@ -241,4 +270,5 @@ class ParaformerConfig:
             raise UnsupportedModelError(f"config.yaml: normalize = {cfg.get('normalize')!r}; only null is supported (CMVN is in the frontend)")
         specaug = cfg.get("specaug")
         return cls(enc, dec, pred, mc, dict(cfg.get("frontend_conf") or {}), vocab_size,
-                   None if specaug in (None, "null") else str(specaug), dict(cfg.get("specaug_conf") or {}))
+                   None if specaug in (None, "null") else str(specaug), dict(cfg.get("specaug_conf") or {}),
+                   streaming, str(cfg["frontend"]))
