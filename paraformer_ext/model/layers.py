@@ -16,10 +16,12 @@ def layer_norm(dim: int) -> nn.LayerNorm:
     return nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
 
 
-def sinusoidal_position_encoding(T: int, depth: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """FunASR's SinusoidalPositionEncoder (spec §4.3): (T, depth), positions 1..T, [sin | cos] halves,
-    inverse timescales exp(−i·ln(10000)/(depth/2 − 1)). Computed in float32 like FunASR's fp32 model."""
-    positions = torch.arange(1, T + 1, device=device, dtype=torch.float32)
+def sinusoidal_position_encoding(T: int, depth: int, device=None, dtype=torch.float32, start: int = 0) -> torch.Tensor:
+    """FunASR's SinusoidalPositionEncoder (spec §4.3): (T, depth), positions start+1..start+T, [sin | cos]
+    halves, inverse timescales exp(−i·ln(10000)/(depth/2 − 1)). Computed in float32 like FunASR's fp32 model.
+    start > 0: the rows a streaming encoder (StreamSinusoidalPositionEncoder) adds after `start` frames, equal
+    to rows start.. of the table for start + T (each row depends on its position only)."""
+    positions = torch.arange(start + 1, start + T + 1, device=device, dtype=torch.float32)
     log_inc = torch.log(torch.tensor([10000.0], device=device, dtype=torch.float32)) / (depth / 2 - 1)
     inv = torch.exp(torch.arange(depth // 2, device=device, dtype=torch.float32) * (-log_inc))
     scaled = positions[:, None] * inv[None, :]

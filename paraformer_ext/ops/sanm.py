@@ -147,3 +147,86 @@ def ffn_fn(ff, x: torch.Tensor, residual: torch.Tensor | None = None, norm: nn.M
     if getattr(ff.w_1, "chains_int8", False) and getattr(ff.w_2, "chains_int8", False):
         return ff.w_1.chain(ff.w_2, x, residual=residual, norm=norm)
     return linear_fn(ff.w_2, linear_fn(ff.w_1, x, relu=True, norm=norm), residual=residual)
+
+
+# --- streaming (FunASR's forward_chunk): attention over cached keys and values -----------------------------------
+
+
+def _keys_with_past(k, v, lengths, past_k, past_v, past_lengths):
+    """(keys, values, key_mask) over [past (B, L, D) valid to past_lengths, current (B, T, D) valid to lengths];
+    the mask is None when nothing is padded."""
+    T = k.size(1)
+    if past_k is None or past_k.size(1) == 0:
+        K, V, mask = k, v, _valid(lengths, T)
+    else:
+        K, V = torch.cat([past_k, k], dim=1), torch.cat([past_v, v], dim=1)
+        mp, mc = _valid(past_lengths, past_k.size(1)), _valid(lengths, T)
+        if mp is None and mc is None:
+            mask = None
+        else:
+            B = k.size(0)
+            ones = lambda n: torch.ones(B, n, dtype=torch.bool, device=k.device)  # noqa: E731
+            mask = torch.cat([ones(past_k.size(1)) if mp is None else mp, ones(T) if mc is None else mc], dim=1)
+    return K, V, mask
+
+
+def _valid(lengths, T):
+    if lengths is None or not bool((lengths < T).any()):
+        return None
+    return torch.arange(T, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def sanm_chunk_attention(attn, x: torch.Tensor, lengths: torch.Tensor | None, past_k: torch.Tensor | None,
+                         past_v: torch.Tensor | None, past_lengths: torch.Tensor | None,
+                         residual: torch.Tensor | None, kernels: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """FunASR's MultiHeadedAttentionSANM.forward_chunk, plus the layer's residual, for a padded batch of streams.
+
+    x: (B, T, in_feat) normalised chunk frames, valid to lengths (B,) (None: all); past_k, past_v: (B, L, D) the
+    stream's cached keys/values (FunASR's look-back cache, before the head split), valid to past_lengths, or
+    None. Every query attends to every valid key (no chunk mask: FunASR's attention here has none); the FSMN
+    memory covers the chunk's own frames only, zero outside them (mask None in FunASR). Returns (out (B, T, D),
+    k (B, T, D), v (B, T, D)): the output and this chunk's keys/values for the caller's cache. kernels: the
+    fused path (linear_fn, SDPA, the FSMN op accumulating residual + bias) or FunASR's arithmetic."""
+    n_feat = attn.h * attn.d_k
+    qkv = linear_fn(attn.linear_q_k_v, x) if kernels else attn.linear_q_k_v(x)
+    q, k, v = qkv[..., :n_feat], qkv[..., n_feat : 2 * n_feat], qkv[..., 2 * n_feat :]
+    K, V, mask = _keys_with_past(k, v, lengths, past_k, past_v, past_lengths)
+    w = attn.fsmn_block.weight
+    if kernels:
+        att = _merge(_sdpa(_heads(q, attn.h), _heads(K, attn.h), _heads(V, attn.h), mask, attn.d_k ** (-0.5)))
+        lin = attn.linear_out
+        if type(lin) is not nn.Linear:
+            out = linear_fn(lin, att, residual=fsmn_memory_fn(v, w, lengths, attn.left, residual))
+        else:
+            out = gemm_into(fsmn_memory_fn(v, w, lengths, attn.left, residual, lin.bias), lin, att)
+    else:
+        q_h = _heads(q, attn.h) * attn.d_k ** (-0.5)
+        att = attn.linear_out(_merge(masked_softmax_attention(q_h, _heads(K, attn.h), _heads(V, attn.h), mask)))
+        out = fsmn_memory_ref(v, w, lengths, attn.left, att)
+        out = out if residual is None else residual + out
+    return out, k, v
+
+
+def cross_attention_chunk(attn, x: torch.Tensor, memory: torch.Tensor, memory_lengths: torch.Tensor | None,
+                          past_k: torch.Tensor | None, past_v: torch.Tensor | None,
+                          past_lengths: torch.Tensor | None, residual: torch.Tensor | None, norm: nn.Module | None,
+                          kernels: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """FunASR's MultiHeadedAttentionCrossAtt.forward_chunk (+ residual) for a padded batch of streams: the
+    queries x (B, N, D) attend to [cached keys (B, L, D) valid to past_lengths, this chunk's memory (B, T, D)
+    valid to memory_lengths]. norm: x's pre-norm. Returns (out (B, N, D), k, v (B, T, D) of this memory)."""
+    n_feat = attn.h * attn.d_k
+    xn = x if norm is None else norm(x)
+    if kernels:
+        kv = linear_fn(attn.linear_k_v, memory)
+        q = linear_fn(attn.linear_q, xn)
+    else:
+        kv = attn.linear_k_v(memory)
+        q = attn.linear_q(xn)
+    k, v = kv[..., :n_feat], kv[..., n_feat:]
+    K, V, mask = _keys_with_past(k, v, memory_lengths, past_k, past_v, past_lengths)
+    if kernels:
+        att = _sdpa(_heads(q, attn.h), _heads(K, attn.h), _heads(V, attn.h), mask, attn.d_k ** (-0.5))
+        return linear_fn(attn.linear_out, _merge(att), residual=residual), k, v
+    q_h = _heads(q, attn.h) * attn.d_k ** (-0.5)
+    out = attn.linear_out(_merge(masked_softmax_attention(q_h, _heads(K, attn.h), _heads(V, attn.h), mask)))
+    return (out if residual is None else residual + out), k, v
