@@ -19,6 +19,15 @@ TORCH_LIBRARY(paraformer_ext, m) {
   m.def("cif_backward(Tensor grad_embeds, Tensor? grad_fires, Tensor hidden, Tensor alphas, Tensor? lengths, "
         "float threshold, float tail_threshold) -> (Tensor, Tensor)");
 
+  // Streaming CIF (FunASR's CifPredictorV2.forward_chunk; semantics in paraformer_ext/ops/cif_stream.py): slots
+  // [carried state, frames t < lengths[b], tail if is_final[b]] integrated in alphas' dtype (float32: FunASR's).
+  // hidden (B, T, D) float32/float64/float16/bfloat16; alphas (B, T) float32/float64; lengths (B,) int64;
+  // carry_alpha (B,), carry_hidden (B, D) of alphas' dtype; is_final (B,) bool. Returns (embeds (B, N, D) of
+  // hidden's dtype, token_num (B,) int64, fire_slots (B, N) int64 -1 padded, carry_alpha, carry_hidden).
+  // Inference only: no autograd.
+  m.def("cif_stream(Tensor hidden, Tensor alphas, Tensor lengths, Tensor carry_alpha, Tensor carry_hidden, "
+        "Tensor is_final, float threshold, float tail_threshold) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+
   // Int8 (W8A8) linear building blocks (conventions in paraformer_ext/ops/int8.py; inference only, no autograd).
   // Per-row symmetric quantization: x (M, K) float32/float16/bfloat16 -> (q (M, K) int8, scale (M,) float32)
   // with scale = absmax / 127 and q = clamp(round_half_even(x / scale), -127, 127) (all-zero rows: 0, 0).
@@ -57,4 +66,5 @@ TORCH_LIBRARY(paraformer_ext, m) {
 TORCH_LIBRARY_IMPL(paraformer_ext, Autograd, m) {
   m.impl("out_proj_argmax", torch::CppFunction::makeFallthrough());
   m.impl("hotword_decode", torch::CppFunction::makeFallthrough());
+  m.impl("cif_stream", torch::CppFunction::makeFallthrough());
 }

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(not has_kernels(), reason="compiled paraformer_e
 
 OPS = torch.ops.paraformer_ext
 REGISTERED = {  # csrc/registration.cpp, in order; test_every_registered_op_is_listed keeps this list honest
-    "fsmn_memory", "fsmn_memory_weight_grad", "cif", "cif_backward", "quantize_rows", "int8_linear_epilogue",
+    "fsmn_memory", "fsmn_memory_weight_grad", "cif", "cif_backward", "cif_stream", "quantize_rows", "int8_linear_epilogue",
     "int8_linear_epilogue_quantize", "layer_norm_quantize_rows", "quantize_rows_split", "out_proj_argmax",
     "hotword_decode",
 }
@@ -137,6 +137,21 @@ def test_cif_compiles_forward_and_backward(tail):
         ((emb * ge).sum() + fires.square().sum()).backward()
         grads.append((hl.grad, al.grad))
     _equal(grads[1], grads[0])
+
+
+def test_cif_stream_compiles():
+    """The streaming CIF's token count is data-dependent too (an unbacked size in its fake impl)."""
+    g = _gen(12)
+    h, a = torch.randn(3, 15, 8, generator=g), 0.6 * torch.rand(3, 15, generator=g)
+    args = (h, a, torch.tensor([15, 9, 0]), torch.tensor([0.1, 0.5, 0.9]), torch.randn(3, 8, generator=g),
+            torch.tensor([False, True, True]))
+
+    def f(*args):
+        return tuple(OPS.cif_stream(*args, 1.0, 0.45))
+
+    got, want = _compiled(f)(*args), f(*args)
+    assert want[0].size(1) > 0
+    _equal(got, want)
 
 
 def test_cif_backward_compiles():

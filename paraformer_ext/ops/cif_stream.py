@@ -156,8 +156,7 @@ def cif_stream_fn(hidden: torch.Tensor, alphas: torch.Tensor, lengths: torch.Ten
 
 def cif_stream(hidden, alphas, lengths, carry_alpha, carry_hidden, is_final, threshold: float = 1.0,
                tail_threshold: float = 0.0, *, kernels: bool | None = None) -> CifStreamOutput:
-    """`cif_stream_fn` or `cif_stream_ref`, chosen by `kernels` for hidden's device (_ext.use_kernels); the
-    reference when the extension predates the op."""
-    if use_kernels(kernels, hidden.device) and _op_available():
+    """`cif_stream_fn` or `cif_stream_ref`, chosen by `kernels` for hidden's device (_ext.use_kernels)."""
+    if use_kernels(kernels, hidden.device):
         return cif_stream_fn(hidden, alphas, lengths, carry_alpha, carry_hidden, is_final, threshold, tail_threshold)
     return cif_stream_ref(hidden, alphas, lengths, carry_alpha, carry_hidden, is_final, threshold, tail_threshold)
