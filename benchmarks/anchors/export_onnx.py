@@ -34,7 +34,7 @@ def main() -> int:
     from funasr import AutoModel
 
     t = time.perf_counter()
-    model = AutoModel(model=str(model_dir), device="cpu", disable_update=True, disable_pbar=True, log_level="ERROR")
+    model = AutoModel(model=str(model_dir), device="cpu", ncpu=torch.get_num_threads(), disable_update=True, disable_pbar=True, log_level="ERROR")
     out = model.export(type="onnx", quantize=True, device="cpu")
     print(f"[export_onnx] FunASR export → {out} in {time.perf_counter() - t:.0f} s")
     for name in ("model.onnx", "model_quant.onnx"):

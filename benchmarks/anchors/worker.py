@@ -55,6 +55,8 @@ class Ours:
         self.torch = torch
         kw = dict(OURS[a.system])
         self.asr = paraformer_ext.load(a.model, device="cpu", dtype=getattr(torch, kw.pop("dtype")), **kw)
+        torch.set_num_threads(a.threads)
+        self.threads_used = torch.get_num_threads()
 
     def call(self, waves):
         with self.torch.inference_mode():
@@ -153,6 +155,9 @@ def recognizer_main(a) -> None:
         import onnxruntime
 
         ready["onnxruntime"] = onnxruntime.__version__
+        ready["intra_op_num_threads"] = sysobj.m.ort_infer.session.get_session_options().intra_op_num_threads
+    else:
+        ready["torch_threads"] = sysobj.threads_used
     del np
     serve(ready, {"call": call, "flops": flops, "finish": finish})
 
