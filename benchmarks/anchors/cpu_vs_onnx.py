@@ -167,9 +167,19 @@ def run_threads(a, threads: int, items: dict) -> dict:
         try:
             t = time.perf_counter()
             w, ready = start_worker(a, s, threads, str(items_json))
-            workers[s], rows[s] = w, {"ready": ready, "calls": {k: [] for k in items}}
+            rows[s] = {"ready": ready, "calls": {k: [] for k in items}}
+            # the warm-up ran the largest item: its rate predicts a round over every item
+            round_s = ready["warmup_s"] / max(ready["audio_s"].values()) * sum(ready["audio_s"].values())
+            rows[s]["round_estimate_s"] = round_s
             print(f"[t{threads}] {s}: ready in {time.perf_counter() - t:.0f} s (warm-up {ready['warmup_s']:.1f} s, "
-                  f"RSS {ready['rss_loaded_mb']:.0f} MB)", flush=True)
+                  f"RSS {ready['rss_loaded_mb']:.0f} MB, a round ~{round_s:.0f} s)", flush=True)
+            if a.max_round_s and round_s > a.max_round_s:
+                rows[s]["failed"] = (f"skipped: its warm-up predicts ~{round_s:.0f} s per round > --max-round-s "
+                                     f"{a.max_round_s:g}")
+                print(f"[t{threads}] {s}: " + rows[s]["failed"], flush=True)
+                w.kill()
+                continue
+            workers[s] = w
         except RuntimeError as e:
             rows[s] = {"failed": f"set-up: {e}"}
             print(f"[t{threads}] {s}: FAILED to start: {e}", flush=True)
@@ -287,7 +297,7 @@ def tables(data: dict) -> str:
             for s in systems:
                 e = d.get(s)
                 if not e:
-                    cells.append("failed")
+                    cells.append("skipped" if str(run["systems"][s].get("failed", "")).startswith("skipped") else "failed")
                     continue
                 c = f"{e['rtf']:.4f}"
                 if "speedup_vs_ort" in e:
@@ -356,6 +366,8 @@ def parse_args(argv=None):
     ap.add_argument("--repeat", type=int, default=5, help="calls per item and system (interleaved rounds); the median is kept")
     ap.add_argument("--systems", nargs="+", default=SYSTEMS, choices=SYSTEMS)
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds for one worker answer")
+    ap.add_argument("--max-round-s", type=float, default=600.0,
+                    help="leave out a system whose warm-up predicts more than this per round (0: never)")
     ap.add_argument("--quick", action="store_true", help="smoke test: asr_example only, batch 1 unless --batches says, 1 call, 1 thread count (the first of --threads)")
     ap.add_argument("--json", type=Path, default=None, help="default: benchmarks/results/cpu_vs_onnx.json (quick: the work dir)")
     ap.add_argument("--show", type=Path, default=None, help="print the tables of a results JSON and exit")
