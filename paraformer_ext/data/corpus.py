@@ -78,18 +78,23 @@ class Lexicon:
     weights: np.ndarray  # sampling probability of each word (∝ freq^0.5)
 
 
-def load_lexicon(vocab_size: int = VOCAB_SIZE, min_freq: int = MIN_WORD_FREQ) -> Lexicon:
-    """jieba's dict.txt (MIT): character frequencies weighted by word frequency → the top `vocab_size`
-    characters; words of frequency ≥ min_freq made of them only."""
+def jieba_entries() -> list[tuple[str, int, str]]:
+    """(word, frequency, part-of-speech tag) of jieba's dict.txt (MIT), Han-only words."""
     import jieba
 
-    path = Path(jieba.__file__).parent / "dict.txt"
-    entries = []
-    with open(path, encoding="utf-8") as f:
+    out = []
+    with open(Path(jieba.__file__).parent / "dict.txt", encoding="utf-8") as f:
         for line in f:
             parts = line.split()
             if len(parts) >= 2 and all(_is_han(c) for c in parts[0]):
-                entries.append((parts[0], int(parts[1])))
+                out.append((parts[0], int(parts[1]), parts[2] if len(parts) > 2 else ""))
+    return out
+
+
+def load_lexicon(vocab_size: int = VOCAB_SIZE, min_freq: int = MIN_WORD_FREQ) -> Lexicon:
+    """jieba's dict.txt (MIT): character frequencies weighted by word frequency → the top `vocab_size`
+    characters; words of frequency ≥ min_freq made of them only."""
+    entries = [(w, n) for w, n, _ in jieba_entries()]
     cf: Counter = Counter()
     for w, n in entries:
         for c in w:
@@ -250,12 +255,31 @@ def _one(job) -> dict:
             "effects": " ".join(cond["effects"][2:])}
 
 
+def synthesize_jobs(jobs: list[tuple], workers: int | None = None, progress: bool = True) -> list[dict]:
+    """Speak (out_dir, split, index, text, syllables, condition) jobs into out_dir/audio/ with a pool of
+    processes (files already there are kept): their rows, in job order."""
+    from multiprocessing import get_context
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(jobs), unit="utt", desc="synthesizing", dynamic_ncols=True)
+    rows = []
+    with get_context("spawn").Pool(workers or os.cpu_count() or 1) as pool:
+        for row in pool.imap(_one, jobs, chunksize=16):
+            rows.append(row)
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    return rows
+
+
 def make_corpus(out, hours: float, seed: int = 0, workers: int | None = None, valid_frac: float = 0.02,
                 test_frac: float = 0.02, progress: bool = True) -> dict:
     """Write OUT/{train,valid,test}.jsonl (FunASR's keys plus the speech conditions), OUT/audio/, and
     OUT/tokens.json; returns a summary (utterances and hours per split)."""
-    from multiprocessing import get_context
-
     check_tools()
     if hours <= 0:
         raise ValueError(f"--hours must be > 0, got {hours}")
@@ -269,19 +293,9 @@ def make_corpus(out, hours: float, seed: int = 0, workers: int | None = None, va
     texts = plan_texts(lex, Pinyin(), counts, seed)
     jobs = [(str(out), split, i, t, s, draw_condition(seed, split, i, variants))
             for split in SPLITS for i, (t, s) in enumerate(texts[split])]
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(jobs), unit="utt", desc="synthesizing", dynamic_ncols=True)
     rows: dict[str, list] = {s: [] for s in SPLITS}
-    with get_context("spawn").Pool(workers or os.cpu_count() or 1) as pool:
-        for row in pool.imap(_one, jobs, chunksize=16):
-            rows[row["key"].rstrip("0123456789")].append(row)
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
+    for row in synthesize_jobs(jobs, workers, progress):
+        rows[row["key"].rstrip("0123456789")].append(row)
     summary = {"seed": seed, "hours_requested": hours, "variants": variants, "splits": {}}
     for split in SPLITS:
         with open(out / f"{split}.jsonl", "w", encoding="utf-8") as f:
