@@ -185,6 +185,39 @@ def make_random_model(out_dir: str | Path, preset: str = "small", seed: int = 0,
     return out
 
 
+# What distinguishes FunASR's paraformer-large-online from paraformer-large (spec §6; the streaming goldens'
+# config_changes): the chunked encoder with look-back, and the decoder FSMN shifted to look back only.
+ONLINE_CONFIG_CHANGES = {
+    "model": "ParaformerStreaming", "encoder": "SANMEncoderChunkOpt",
+    "encoder_conf": {"input_layer": "pe_online", "chunk_size": [12, 15], "stride": [8, 10], "pad_left": [0, 0],
+                     "encoder_att_look_back_factor": [4, 4], "decoder_att_look_back_factor": [1, 1]},
+    "decoder_conf": {"sanm_shfit": 5}}
+
+
+def online_variant(src_dir: str | Path, out_dir: str | Path, changes: dict | None = None,
+                   frontend: str | None = None) -> Path:
+    """A copy of an offline model directory under a streaming config (the same weights): `changes` merged into
+    config.yaml (default ONLINE_CONFIG_CHANGES; a dict value updates that section), `frontend` replacing the
+    frontend class when given (e.g. "WavFrontendOnline")."""
+    import shutil
+
+    src, out = Path(src_dir), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file() and f.name != "config.yaml" and not f.name.startswith("."):
+            shutil.copy(f, out / f.name)
+    cfg = yaml.safe_load((src / "config.yaml").read_text(encoding="utf-8"))
+    for key, value in (ONLINE_CONFIG_CHANGES if changes is None else changes).items():
+        if isinstance(value, dict):
+            cfg.setdefault(key, {}).update(value)
+        else:
+            cfg[key] = value
+    if frontend:
+        cfg["frontend"] = frontend
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return out
+
+
 def run_demo(a) -> int:
     """`paraformer-ext demo`: build the random model and synthetic audio, transcribe with the compiled
     kernels and with the reference, and compare."""

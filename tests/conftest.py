@@ -90,26 +90,13 @@ def stream_checkpoint(frontend: str | None = None) -> Path:
     stream.json's config_changes: ParaformerStreaming, SANMEncoderChunkOpt, ...). frontend: also replace the
     frontend class (e.g. "WavFrontendOnline"); None keeps the golden's."""
     import json
-    import shutil
 
-    import yaml
+    from paraformer_ext.synthetic import online_variant
 
     small = golden_checkpoint("small")
     changes = json.loads((SHARED / "golden" / "stream" / "stream.json").read_text(encoding="utf-8"))["config_changes"]
     out = cache_dir() / "golden_ckpt" / f"small_stream{'_' + frontend if frontend else ''}"
     if not (out / ".done").exists():
-        out.mkdir(parents=True, exist_ok=True)
-        for f in small.iterdir():
-            if f.is_file() and f.name not in ("config.yaml", ".verified"):
-                shutil.copy(f, out / f.name)
-        cfg = yaml.safe_load((small / "config.yaml").read_text(encoding="utf-8"))
-        for key, value in changes.items():
-            if isinstance(value, dict):
-                cfg.setdefault(key, {}).update(value)
-            else:
-                cfg[key] = value
-        if frontend:
-            cfg["frontend"] = frontend
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True, sort_keys=False), encoding="utf-8")
+        online_variant(small, out, changes, frontend)
         (out / ".done").write_text("ok\n")
     return out

@@ -80,3 +80,15 @@ def test_offline_dir_has_no_stream():
     assert not asr.streaming
     with pytest.raises(UnsupportedModelError, match="offline Paraformer"):
         asr.stream()
+
+
+def test_online_variant_changes_are_the_goldens():
+    """synthetic.ONLINE_CONFIG_CHANGES (what the benchmarks use to make an online twin) is what FunASR's
+    streaming goldens were made with."""
+    import json
+
+    from conftest import SHARED
+    from paraformer_ext.synthetic import ONLINE_CONFIG_CHANGES
+
+    golden = json.loads((SHARED / "golden" / "stream" / "stream.json").read_text(encoding="utf-8"))["config_changes"]
+    assert ONLINE_CONFIG_CHANGES == golden
