@@ -35,7 +35,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE / "anchors"))
-from protocol import ANCHORS_PYTHON, DEFAULT_WORK, REPO, ask, fmt, markdown_table, proc_status_mb, reset_peak_rss, serve, timed  # noqa: E402
+from protocol import ANCHORS_PYTHON, DEFAULT_WORK, REPO, ask, finish_all, fmt, markdown_table, proc_status_mb, reset_peak_rss, serve, timed  # noqa: E402
 
 SYSTEMS = ["ours-kernels", "ours-ref", "funasr"]
 TOKENS_PER_S = 4.0
@@ -207,13 +207,7 @@ def run(a) -> dict:
             f"{s} {x['wall_s']:.2f} s (fwd {x['forward_s']:.2f}, bwd {x['backward_s']:.2f}, opt {x['optimizer_s']:.2f}; "
             f"cpu {x['cpu_s']:.2f} s, others {x['others_cores'] or 0:.1f} cores)"
             for s in order if s in workers and rows[s]["steps"] for x in [rows[s]["steps"][-1]]), flush=True)
-    for s, w in workers.items():
-        try:
-            rows[s].update(ask(w, {"cmd": "finish"}, a.timeout))
-        except RuntimeError as e:
-            rows[s]["failed"] = f"finish: {e}"
-        finally:
-            w.kill()
+    finish_all(workers, rows, a.timeout)
     bpath.unlink(missing_ok=True)
     for s, row in rows.items():
         walls = [x["wall_s"] for x in row.get("steps", [])]

@@ -516,8 +516,9 @@ class WorkerProc:
         self.err = tempfile.TemporaryFile(mode="w+")
         self.p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err, text=True, env=env, bufsize=1)
 
-    def expect(self, prefix: str, timeout: float | None) -> str:
-        """The payload of the next stdout line starting with prefix; raises RuntimeError on exit or timeout."""
+    def expect(self, prefix: str, timeout: float | None, error_prefix: str | None = None) -> str:
+        """The payload of the next stdout line starting with prefix; raises RuntimeError on exit or timeout, or
+        with the (JSON) payload of a line starting with error_prefix."""
         import selectors
 
         sel = selectors.DefaultSelector()
@@ -539,13 +540,15 @@ class WorkerProc:
                     raise RuntimeError(f"worker exited (rc {self.p.returncode}): {tail}")
                 if line.startswith(prefix + " "):
                     return line[len(prefix) + 1 :].strip()
+                if error_prefix is not None and line.startswith(error_prefix + " "):
+                    raise RuntimeError(json.loads(line[len(error_prefix) + 1 :]))
         finally:
             sel.close()
 
-    def ask(self, cmd: str, prefix: str, timeout: float | None) -> str:
+    def ask(self, cmd: str, prefix: str, timeout: float | None, error_prefix: str | None = None) -> str:
         self.p.stdin.write(cmd + "\n")
         self.p.stdin.flush()
-        return self.expect(prefix, timeout)
+        return self.expect(prefix, timeout, error_prefix)
 
     def kill(self) -> None:
         if self.p.poll() is None:

@@ -75,6 +75,17 @@ def use_kernels(kernels: bool | None, device: torch.device | str) -> bool:
     return False
 
 
+def autocast_inputs(device: torch.device | str, *tensors):
+    """The float tensors cast to the autocast dtype when autocast is on for `device` (None and non-float
+    tensors unchanged). Autocast does not reach custom ops: their Python wrappers call this, so an op casts its
+    inputs as autocast casts a convolution's."""
+    dev = torch.device(device).type
+    if not torch.is_autocast_enabled(dev):
+        return tensors
+    dt = torch.get_autocast_dtype(dev)
+    return tuple(t.to(dt) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in tensors)
+
+
 def build_info() -> dict:
     """What was compiled: {'cpu', 'cuda', 'cuda_archs', 'torch_version', ...}; says why when nothing was."""
     if _C is None:

@@ -244,6 +244,9 @@ def _train_parser(sub) -> None:
                    help="> 0 adds MWER with negative sampling at this weight (default: 0, off)")
     r.add_argument("--no-cache-features", dest="cache_features", action="store_false",
                    help="recompute features every epoch instead of keeping them in memory (fp16, ~67 MB per hour)")
+    r.add_argument("--bf16", action="store_true",
+                   help="bf16 autocast for the forward pass (float32 weights, gradients and optimizer); on a CPU "
+                        "without AVX-512 BF16/AMX it is emulated and slower than float32")
     r.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoints/last.pt")
     r.add_argument("--strict", action="store_true", help="stop at the first bad data line instead of skipping it")
     r.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to train (default: cpu)")

@@ -321,3 +321,66 @@ def test_sigterm_saves_a_checkpoint_like_ctrl_c(corpus, tmp_path):
     assert signal.getsignal(signal.SIGTERM) is before  # the trainer's handler is gone again
     st = torch.load(tmp_path / "t" / "checkpoints" / "last.pt", weights_only=False)
     assert st["scheduler"]["step"] == 2
+
+
+def _funasr_python():
+    """A Python with FunASR installed: $PARAFORMER_EXT_FUNASR_PYTHON or the benchmarks' anchors venv
+    (benchmarks/anchors/setup.sh); None when neither has it."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    cands = [os.environ.get("PARAFORMER_EXT_FUNASR_PYTHON"),
+             str(Path(__file__).resolve().parents[1] / "benchmarks/anchors/.venv/bin/python")]
+    for p in cands:
+        if p and Path(p).is_file() and subprocess.run([p, "-c", "import funasr"], capture_output=True).returncode == 0:
+            return p
+    return None
+
+
+def test_funasr_loads_the_output(corpus, tmp_path):
+    """FunASR's own AutoModel loads what the trainer wrote and transcribes it as we do (skips without FunASR:
+    bash benchmarks/anchors/setup.sh makes a venv with it)."""
+    import subprocess
+
+    py = _funasr_python()
+    if py is None:
+        pytest.skip("FunASR is not installed (set PARAFORMER_EXT_FUNASR_PYTHON or run benchmarks/anchors/setup.sh)")
+    d, model = corpus
+    out = tmp_path / "out"
+    assert main(["train", "--train-data", str(d / "train.jsonl"), "--valid-data", str(d / "train.jsonl"),
+                 "--output-dir", str(out), "--init", str(model),
+                 "--epochs", "1", "--max-batch-frames", "60", "--quiet"]) == 0
+    wavs = [str(d / f"utt{i}.wav") for i in range(4)]
+    script = ("import json, sys, torch\ntorch.set_num_threads(1)\nfrom funasr import AutoModel\n"
+              "m = AutoModel(model=sys.argv[1], device='cpu', disable_update=True, disable_pbar=True, log_level='ERROR')\n"
+              "print('RESULT ' + json.dumps([m.generate(input=w)[0]['text'] for w in sys.argv[2:]], ensure_ascii=False))\n")
+    p = subprocess.run([py, "-c", script, str(out), *wavs], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    theirs = json.loads(next(x for x in p.stdout.splitlines() if x.startswith("RESULT "))[7:])
+    ours = [r["text"] for r in paraformer_ext.load(out, kernels=False).transcribe(wavs)]
+    assert ["".join(t.split()) for t in theirs] == ["".join(t.split()) for t in ours]
+
+
+@pytest.mark.parametrize("kernels", [False] + ([True] if paraformer_ext.has_kernels() else []))
+def test_bf16_autocast_trains(corpus, tmp_path, kernels):
+    """--bf16: the forward runs in bf16 (our ops included), the weights stay float32, and the loss falls."""
+    d, model = corpus
+    seen = []
+    t = Trainer(config(d, model, tmp_path / "out", epochs=3, bf16=True, kernels=kernels))
+    t.hooks.append(lambda tr, out: seen.append((float(out["loss"].detach()), out["loss"].dtype)))
+    t.run()
+    hist = t.history
+    assert all(np.isfinite(h["valid_loss"]) for h in hist) and hist[-1]["valid_loss"] < hist[0]["valid_loss"]
+    assert all(np.isfinite(v) for v, _ in seen)
+    assert all(p.dtype == torch.float32 for p in t.model.parameters())
+    # autocast was on: a bf16 forward differs from the float32 one on the same batch
+    feats, flens, text, tl = t.features(t.train_utts[:2])
+    from paraformer_ext.training.loss import compute_loss
+
+    t.model.eval()
+    with torch.no_grad():
+        f32 = float(compute_loss(t.model, feats, flens, text, tl, sampling_ratio=0.0)["loss"])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            b16 = float(compute_loss(t.model, feats, flens, text, tl, sampling_ratio=0.0)["loss"])
+    assert b16 != f32 and abs(b16 - f32) < 0.05 * abs(f32)

@@ -41,7 +41,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 import e2e  # noqa: E402
 from common import REPO, shared_dir  # noqa: E402
-from protocol import ANCHORS_PYTHON, DEFAULT_MODEL, DEFAULT_WORK, ask, fmt, markdown_table, median  # noqa: E402
+from protocol import ANCHORS_PYTHON, DEFAULT_MODEL, DEFAULT_WORK, ask, finish_all, fmt, markdown_table, median  # noqa: E402
 from worker import ORT, PRECISION, SYSTEMS  # noqa: E402
 
 SR = 16000
@@ -209,13 +209,7 @@ def run_threads(a, threads: int, items: dict) -> dict:
             flops = ask(workers[BASE], {"cmd": "flops"}, a.timeout)
         except RuntimeError as e:
             print(f"[t{threads}] FLOP count failed: {e}", flush=True)
-    for s, w in workers.items():
-        try:
-            rows[s].update(ask(w, {"cmd": "finish"}, a.timeout))
-        except RuntimeError as e:
-            rows[s]["failed"] = f"finish: {e}"
-        finally:
-            w.kill()
+    finish_all(workers, rows, a.timeout)
     items_json.unlink(missing_ok=True)
     return analyse({"threads": threads, "gemm": gemm, "ceilings": ceilings(gemm), "flops": flops, "systems": rows}, items)
 

@@ -68,33 +68,21 @@ def median(xs):
 
 def ask(w, cmd: dict, timeout: float) -> dict:
     """Send one command to an e2e.WorkerProc and return its RESULT (RuntimeError on ERROR, exit or timeout)."""
-    w.p.stdin.write(json.dumps(cmd) + "\n")
-    w.p.stdin.flush()
-    import selectors
-
-    sel = selectors.DefaultSelector()
-    sel.register(w.p.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + timeout
     try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                w.kill()
-                raise RuntimeError(f"{cmd['cmd']}: timed out after {timeout:.0f} s")
-            if not sel.select(left):
-                continue
-            line = w.p.stdout.readline()
-            if not line:
-                w.p.wait()
-                w.err.seek(0)
-                tail = [x for x in w.err.read().strip().splitlines() if x.strip()][-3:]
-                raise RuntimeError(f"worker exited (rc {w.p.returncode}): {tail}")
-            if line.startswith("RESULT "):
-                return json.loads(line[7:])
-            if line.startswith("ERROR "):
-                raise RuntimeError(json.loads(line[6:]))
-    finally:
-        sel.close()
+        return json.loads(w.ask(json.dumps(cmd), "RESULT", timeout, error_prefix="ERROR"))
+    except RuntimeError as e:
+        raise RuntimeError(f"{cmd['cmd']}: {e}") from None
+
+
+def finish_all(workers: dict, rows: dict, timeout: float) -> None:
+    """Ask every worker for its final figures (into rows[system]; a failure is recorded there) and stop it."""
+    for s, w in workers.items():
+        try:
+            rows[s].update(ask(w, {"cmd": "finish"}, timeout))
+        except RuntimeError as e:
+            rows[s]["failed"] = f"finish: {e}"
+        finally:
+            w.kill()
 
 
 def markdown_table(head: list[str], rows: list[list]) -> str:

@@ -45,7 +45,8 @@ class CifPredictorV2(nn.Module):
             h = h.masked_fill(~mask[:, :, None], 0.0)
         x = F.pad(h.transpose(1, 2), (self.cfg.l_order, self.cfg.r_order))
         x = torch.relu(self.cif_conv1d(x)).transpose(1, 2)
-        a = torch.sigmoid(self.cif_output(x))
+        # in the weights' dtype even under autocast (bf16 training): CIF integrates alphas in float32 or float64
+        a = torch.sigmoid(self.cif_output(x).to(dtype))
         a = torch.relu(a * self.cfg.smooth_factor - self.cfg.noise_threshold).squeeze(-1)
         if mask is not None:
             a = a * mask.to(a.dtype)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .._ext import has_kernels, use_kernels
+from .._ext import autocast_inputs, has_kernels, use_kernels
 from ..masks import length_mask
 
 
@@ -124,6 +124,7 @@ def fsmn_memory_fn(
     left = (w.size(1) - 1) // 2 if left is None else left
     if lengths is not None and lengths.dtype != torch.int64 and not lengths.is_floating_point():
         lengths = lengths.to(torch.int64)  # float lengths are rejected by the op with a clear message
+    x, w, residual, bias = autocast_inputs(x.device, x, w, residual, bias)
     return torch.ops.paraformer_ext.fsmn_memory(x, w, lengths, left, residual, bias)
 
 

@@ -128,5 +128,7 @@ def gemm_into(base: torch.Tensor, lin: nn.Linear, x: torch.Tensor) -> torch.Tens
         y = torch.ops.mkldnn._linear_pointwise.binary(x2.contiguous(), base.view(-1, base.size(-1)),
                                                        _packed_weight(lin), None, "add")
         return y.view(base.shape)
+    if torch.is_autocast_enabled(x.device.type):  # autocast casts F.linear's inputs, not an in-place addmm_'s
+        return base + F.linear(x, lin.weight)
     base.view(-1, base.size(-1)).addmm_(x.reshape(-1, x.size(-1)), lin.weight.t())
     return base

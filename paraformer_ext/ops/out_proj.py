@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._ext import has_kernels, use_kernels
+from .._ext import autocast_inputs, has_kernels, use_kernels
 from .int8 import int8_linear_ref
 
 
@@ -108,6 +108,8 @@ def out_proj_argmax_fn(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The compiled op; same signature and result as `out_proj_argmax_ref` (up to float rounding, and the
     non-finite cases in the module docstring). Returns (ids (...) int64, logp (...) float32)."""
+    if weight_scale is None:  # int8 weights are not autocast
+        x, weight, bias = autocast_inputs(x.device, x, weight, bias)
     ids, logp = torch.ops.paraformer_ext.out_proj_argmax(_flat(x), weight, bias, weight_scale, int(chunk))
     return ids.reshape(x.shape[:-1]), logp.reshape(x.shape[:-1])
 

@@ -54,6 +54,15 @@ class TrainConfig:
     sampling_ratio: float | None = None  # the GLM sampler's λ; None: the model config's (0: a vanilla NAR decoder)
     mwer_weight: float = 0.0  # > 0: MWER with negative sampling (mwer.MwerConfig's defaults) at this weight
     cache_features: bool = True  # frontend features kept in memory as fp16 after first use (≈ 67 MB per hour)
+    bf16: bool = False  # forward under bf16 autocast (weights, gradients and AdamW stay float32)
+
+
+def check_bf16(device: torch.device) -> None:
+    """bf16 autocast needs a GPU that computes in bf16 (compute capability 8.0+) or a CPU (torch emulates bf16
+    where the CPU lacks AVX-512 BF16 / AMX: correct, and slower than float32 there)."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"--bf16: {torch.cuda.get_device_name(device)} does not compute in bf16 (compute capability "
+                         "8.0 or newer is needed); train in float32 (without --bf16)")
 
 
 def warmup_lr(base_lr: float, warmup: int, step: int) -> float:
@@ -98,6 +107,8 @@ class Trainer:
         self.pipeline = rec.pipeline
         self.model = rec.model.requires_grad_(True)
         self.device = torch.device(device)
+        if cfg.bf16:
+            check_bf16(self.device)
         sr = self.pipeline.sample_rate
         self.train_utts, rep = read_list(cfg.train_data, self.pipeline.tokens, sr, cfg.strict)
         self.log(rep.summary(f"train {cfg.train_data}", len(self.train_utts)))
@@ -356,8 +367,9 @@ class Trainer:
                     if bar is not None:
                         bar.update(1)
                     continue
-                out = self.loss_fn(feats, flens, text, tl, sampling_ratio=cfg.sampling_ratio, mwer=self.mwer,
-                                   generator=self.generator)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                    out = self.loss_fn(feats, flens, text, tl, sampling_ratio=cfg.sampling_ratio, mwer=self.mwer,
+                                       generator=self.generator)
                 scale = 1.0
                 if self.world.distributed:  # DDP averages: weigh by token share so the union batch is trained
                     scale = self.world.size * out["weight"] / distributed.global_sum(self.world, out["weight"], self.device)
