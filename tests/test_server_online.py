@@ -9,7 +9,6 @@ import gc
 import json
 import time
 
-import numpy as np
 import pytest
 import soundfile as sf
 import torch
