@@ -184,11 +184,21 @@ def cmd_serve(a) -> int:
     asr = load(a.model, device=a.device, dtype=a.dtype, kernels=not a.no_kernels, quantize=a.quantize,
                quantize_output_layer=a.quantize_output_layer, cif_threshold=a.cif_threshold,
                hotword_token_bonus=a.hotword_token_bonus)
+    online = None
+    if a.online_model:
+        # the streaming model shares the device, dtype and kernels; quantization and the CIF threshold are the
+        # offline model's options
+        online = load(a.online_model, device=a.device, dtype=a.dtype, kernels=not a.no_kernels)
     opt = ServerOptions(host=a.host, port=a.port, certfile=a.certfile or None, keyfile=a.keyfile or None,
                         hotword_file=a.hotword, max_connections=a.max_connections, max_batch_frames=a.max_batch_frames,
                         max_wait_s=a.max_wait_ms / 1000, idle_timeout_s=a.idle_timeout_s)
     try:
-        asyncio.run(serve_forever(Server(asr, opt)))
+        server = Server(asr, opt, online=online)
+    except (OSError, ValueError, HotwordError) as e:  # a streaming --model, an offline --online-model, ...
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    try:
+        asyncio.run(serve_forever(server))
     except (OSError, HotwordError) as e:  # the port is taken, the certificate or the hotword file cannot be read, ...
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -198,6 +208,10 @@ def cmd_serve(a) -> int:
 def _serve_parser(sub) -> None:
     s = sub.add_parser("serve", help="a FunASR-protocol websocket server with a web page (see README: Server)")
     s.add_argument("--model", default=None, help="FunASR model directory (default: the shipped model, synthetic speech only)")
+    s.add_argument("--online-model", default=None, metavar="DIR",
+                   help="a streaming model directory (model: ParaformerStreaming, e.g. paraformer-zh-streaming): the "
+                        "online and 2pass modes' partials come from its streams, at the client's chunk_size; "
+                        "without it the open segment is re-decoded with --model")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 opens it to the network)")
     s.add_argument("--port", type=int, default=10095, help="port (default 10095, FunASR's)")
     s.add_argument("--certfile", default=None, help="TLS certificate (wss:// and https://); without it, plain ws://")

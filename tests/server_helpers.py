@@ -22,9 +22,9 @@ from paraformer_ext.server import Server, ServerOptions
 class ServerThread:
     """A Server on its own event loop in a daemon thread, on a free port."""
 
-    def __init__(self, recognizer, vad, **options):
+    def __init__(self, recognizer, vad, online=None, **options):
         self.loop = asyncio.new_event_loop()
-        self.server = Server(recognizer, ServerOptions(port=0, **options), vad=vad)
+        self.server = Server(recognizer, ServerOptions(port=0, **options), vad=vad, online=online)
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(120)

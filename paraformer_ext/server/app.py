@@ -2,6 +2,7 @@
 
     from paraformer_ext.server import Server, ServerOptions
     srv = Server(recognizer, ServerOptions(port=10095))
+    srv = Server(recognizer, options, online=load("paraformer-zh-streaming-dir"))  # streaming partials
     await srv.start(); ...; await srv.shutdown()
 
 `paraformer-ext serve` (cli.py) runs `serve_forever`, which also turns SIGTERM / SIGINT into `shutdown`:
@@ -15,6 +16,7 @@ import concurrent.futures
 import logging
 import signal
 import ssl
+import weakref
 from dataclasses import dataclass
 
 from websockets.asyncio.server import serve
@@ -54,10 +56,36 @@ def _select_subprotocol(connection, subprotocols):
     return "binary" if "binary" in subprotocols else None
 
 
+def check_models(recognizer, online=None) -> None:
+    """The server's models: an offline one (segments, offline mode, the re-decoded partials) and optionally a
+    streaming one for the online/2pass partials; a clear error when either is the other kind."""
+    if getattr(recognizer, "streaming", False):
+        raise ValueError(f"--model {recognizer.model_dir or ''} is a streaming Paraformer (model: ParaformerStreaming): "
+                         "the server needs an offline model there (for the offline and 2pass-offline results); "
+                         "pass the streaming directory as --online-model")
+    if online is None:
+        return
+    if not getattr(online, "streaming", False):
+        raise ValueError(f"--online-model {online.model_dir or ''} is an offline Paraformer, not a streaming one: it needs "
+                         "a directory whose config.yaml has model: ParaformerStreaming, such as paraformer-zh-streaming "
+                         "(an offline model goes in --model)")
+    if online.pipeline.sample_rate != recognizer.pipeline.sample_rate:
+        raise ValueError(f"--online-model runs at {online.pipeline.sample_rate} Hz, --model at "
+                         f"{recognizer.pipeline.sample_rate} Hz: the server needs both at the VAD's 16 kHz")
+
+
 class Server:
-    def __init__(self, recognizer, options: ServerOptions | None = None, vad=None):
+    def __init__(self, recognizer, options: ServerOptions | None = None, vad=None, online=None):
+        """recognizer: the offline model; online: a streaming one (load(streaming dir)) whose streams give the
+        online/2pass partials; without it the open segment is re-decoded with the offline model."""
         self.opt = options or ServerOptions()
+        check_models(recognizer, online)
         self.recognizer = recognizer
+        self.online = online
+        if online is not None:
+            online._streaming_engine()  # built here, not lazily inside the worker thread
+            # FunASR's python server's streams: weakly held here so tests (and stats) can see them go away
+            self.online_streams = weakref.WeakSet()
         pipeline = recognizer.pipeline
         self.sample_rate = pipeline.sample_rate
         self.min_samples = pipeline.min_samples
@@ -81,7 +109,7 @@ class Server:
         self.hotwords = base.merged(HotwordList.read(self.opt.hotword_file)) if self.opt.hotword_file else base
         self.hotword_token_bonus = getattr(recognizer, "hotword_token_bonus", DEFAULT_TOKEN_BONUS)
         self._graphs: collections.OrderedDict = collections.OrderedDict()
-        self.worker = RecognitionWorker(self.engine, self.opt.max_wait_s)
+        self.worker = RecognitionWorker(self.engine, self.opt.max_wait_s, online=online)
         # one thread for the streaming VAD of every connection: its state is per connection, its work is
         # small and it must not hold the event loop (hotword lists are compiled there too, for the same reason)
         self._vad_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vad")
@@ -108,6 +136,28 @@ class Server:
         else:
             self._graphs.move_to_end(key)
         return g
+
+    def new_online_stream(self, u):
+        """A Stream of the online model for an utterance's chunk_size / look-backs (a ProtocolError for values
+        the model cannot run). None without --online-model or in offline mode."""
+        if self.online is None or u.mode == "offline":
+            return None
+        from .protocol import ProtocolError
+
+        c0, c1, c2 = u.chunk_size
+        if c1 > 100 or c0 > 100 or c2 > 100:
+            raise ProtocolError("bad_request", f"chunk_size {list(u.chunk_size)}: the streaming model takes chunks of at "
+                                               "most 100 (6 s) and look-back/look-ahead of at most 100 frames")
+        if c0 + c2 < 1:
+            raise ProtocolError("bad_request", f"chunk_size {list(u.chunk_size)}: the streaming model needs chunk_size[0] "
+                                               "+ chunk_size[2] >= 1 (FunASR's clients send [5, 10, 5])")
+        try:
+            s = self.online.stream(chunk_size=list(u.chunk_size), encoder_look_back=u.encoder_look_back,
+                                   decoder_look_back=u.decoder_look_back)
+        except ValueError as e:
+            raise ProtocolError("bad_request", f"chunk_size {list(u.chunk_size)}: {e}") from None
+        self.online_streams.add(s)
+        return s
 
     async def in_vad_thread(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._vad_pool, fn, *args)

@@ -98,10 +98,23 @@ class _Offline:
 
 class _Stream:
     """A 2pass or online utterance: the streaming VAD cuts the audio as it arrives; each speech segment is
-    recognized when it ends, and the open one is re-decoded for partial results."""
+    recognized when it ends, and the open one is re-decoded for partial results.
 
-    def __init__(self, conn: "Connection", u: Utterance, graph=None):
+    With an online model (--online-model; `ostream`, a stream.Stream with the client's chunk_size) the partials
+    come from that stream instead, as FunASR's python server makes them: the audio goes into it as it arrives
+    (submitted to the worker a whole chunk at a time, where every connection's stream is stepped in one batch)
+    and each decoded chunk's text is sent. online: one stream for the whole utterance, no VAD, finished at the
+    end message; 2pass: the stream starts afresh where the VAD closes a segment (FunASR clears the online cache
+    there) and is dropped unfinished at the end (FunASR does not send the final chunk's text in 2pass)."""
+
+    def __init__(self, conn: "Connection", u: Utterance, graph=None, ostream=None):
         self.conn, self.u, self.id, self.graph = conn, u, next(_ids), graph
+        self.ostream = ostream
+        self.o_pending: list[torch.Tensor] = []  # samples not yet given to the worker for ostream
+        self.o_pending_n = 0
+        self.ending = False
+        # online mode with a streaming model: the stream is everything (no VAD segments, no offline model)
+        self.stream_only = ostream is not None and u.mode == "online"
         srv = conn.server
         self.sr = srv.sample_rate
         self.pcm = _PcmReader()
@@ -137,6 +150,10 @@ class _Stream:
         await self._add(x)
 
     async def _add(self, x: torch.Tensor, final: bool = False) -> None:
+        if self.ostream is not None and not final:
+            self._feed_online(x)
+        if self.stream_only:
+            return
         if x.numel():
             self._chunks.append(x)
             self.total += x.numel()
@@ -150,6 +167,16 @@ class _Stream:
                 self._segment(s, e)
         if not final:
             self._maybe_partial()
+
+    def _feed_online(self, x: torch.Tensor, final: bool = False) -> None:
+        if x.numel():
+            self.o_pending.append(x)
+            self.o_pending_n += x.numel()
+        if self.o_pending_n >= self.ostream.stride or final:
+            piece = torch.cat(self.o_pending) if self.o_pending else torch.zeros(0)
+            self.o_pending, self.o_pending_n = [], 0
+            fut = self.conn.server.worker.submit_stream(self.ostream, piece, finish=final)
+            self.conn.enqueue(_Item("stream", self, fut, seg_no=self.seg_no, final=final))
 
     def _vad_step(self, piece: torch.Tensor, final: bool):
         out = self.vad.accept(piece) if piece.numel() else []
@@ -168,8 +195,17 @@ class _Stream:
         self._chunks = [self.buf[cut:].clone()]
         self.base += cut
         self.seg_no += 1
+        if self.ostream is not None and not self.ending:
+            # FunASR's python server clears the online cache at a segment end: a fresh stream, fed from the end of
+            # the segment (the VAD decides late, so the audio since then is already here); what the old stream
+            # had not decoded is dropped with it
+            self.ostream = self.conn.server.new_online_stream(self.u)
+            self.o_pending, self.o_pending_n = [], 0
+            self._feed_online(self._chunks[0])
 
     def _maybe_partial(self) -> None:
+        if self.ostream is not None:
+            return  # the online model's stream gives the partials
         srv = self.conn.server
         step = self.u.chunk_ms * self.sr // 1000
         if self.partial_busy or self.total - self.last_partial < step or self.total - self.base < srv.min_samples:
@@ -186,6 +222,15 @@ class _Stream:
 
     async def end(self, is_end: bool) -> None:
         tail = self.rs.finish() if self.rs is not None else torch.zeros(0)
+        self.ending = True
+        if self.stream_only:
+            # FunASR's is_final chunk: the rest of the audio, decoded; its text ends the utterance
+            self._feed_online(tail, final=True)
+            self.ostream = None
+            warning = "the audio ended with an odd byte (half a 16-bit sample); it was dropped" if self.pcm.carry else None
+            self.conn.enqueue(_Item("end", self, is_end=is_end, warning=warning))
+            return
+        self.ostream = None  # 2pass: the open segment's stream is not finished (its last text is not sent)
         try:
             await self._add(tail, final=True)
         except Exception as e:  # the VAD failing is this utterance's problem only
@@ -222,6 +267,8 @@ class Connection:
             # _receive returns when the connection is closed (by the client, or by us after a fatal error):
             # nobody is left to read what is still pending
             sender.cancel()
+            if isinstance(self.utt, _Stream):
+                self.utt.ostream = None  # the online stream goes with the connection (the worker skips its jobs)
             while not self._out.empty():
                 item = self._out.get_nowait()
                 if item is not None and item.fut is not None:
@@ -278,12 +325,13 @@ class Connection:
         # compiling a new list costs ~50 ms per 1,000 words: not on the event loop, which serves every
         # connection; the VAD's single thread also keeps the graph cache single-threaded
         graph = await self.server.in_vad_thread(self.server.hotword_graph, u.hotwords) if u.hotwords else None
+        ostream = self.server.new_online_stream(u) if u.mode != "offline" else None
         if self.utt is not None:
             # a new first message while one is open: FunASR clients reuse a connection this way; the open
             # utterance ends here as if its end message had come
             utt, self.utt = self.utt, None
             await utt.end(False)
-        self.utt = (_Offline if u.mode == "offline" else _Stream)(self, u, graph)
+        self.utt = _Offline(self, u, graph) if u.mode == "offline" else _Stream(self, u, graph, ostream)
         self.had_utterance = True
 
     async def _binary(self, data: bytes) -> None:
@@ -348,9 +396,24 @@ class Connection:
             if item.kind == "partial":
                 utt.partial_busy = False
                 return  # a lost partial is not worth ending the utterance; its segment result will tell
+            if item.kind == "stream" and u.mode == "2pass":
+                return  # the same for a streaming step in 2pass: the segment's offline result follows
             await self._flush_held()
             utt.errored = True
             await self.send(error_message("internal", f"recognition failed: {e}", u))
+            return
+        if item.kind == "stream":
+            # FunASR's online messages: each decoded chunk's text, when it has any; the last one of an online
+            # utterance is held so that the end marks it is_final
+            mode = "2pass-online" if u.mode == "2pass" else "online"
+            msgs = [result_message(u, mode, t, is_final=False) for t in res if t]
+            if not msgs:
+                return
+            await self._flush_held()
+            if item.meta.get("final"):
+                msgs, self._held = msgs[:-1], msgs[-1]
+            for m in msgs:
+                await self.send(m)
             return
         if item.kind == "partial":
             utt.partial_busy = False

@@ -37,6 +37,10 @@ class Utterance:
     audio_fs: int = 16000
     chunk_size: tuple[int, int, int] = (5, 10, 5)
     chunk_interval: int = 10
+    # the streaming model's look-backs (FunASR's encoder_chunk_look_back / decoder_chunk_look_back, in chunks);
+    # FunASR's documented 4 and 1 unless the client sends them (its python client sends 4 and 0)
+    encoder_look_back: int = 4
+    decoder_look_back: int = 1
     hotwords: HotwordList = field(default_factory=HotwordList)  # the server's list merged with the client's
     itn: bool = True
 
@@ -114,6 +118,10 @@ def parse_first_message(msg: dict, server_hotwords: HotwordList | None = None) -
         u.audio_fs = _int(get("audio_fs"), "audio_fs", 1000, 384000)
     if get("chunk_size") is not None:
         u.chunk_size = parse_chunk_size(get("chunk_size"))
+    if get("encoder_chunk_look_back") is not None:
+        u.encoder_look_back = _int(get("encoder_chunk_look_back"), "encoder_chunk_look_back", 0, 64)
+    if get("decoder_chunk_look_back") is not None:
+        u.decoder_look_back = _int(get("decoder_chunk_look_back"), "decoder_chunk_look_back", 0, 64)
     if get("chunk_interval") is not None:
         u.chunk_interval = _int(get("chunk_interval"), "chunk_interval", 1, 1000)
     # FunASR's servers merge so: the server's --hotword list for everyone, the client's weights winning

@@ -41,6 +41,20 @@ class Job:
 
 
 @dataclass
+class StreamJob:
+    """Samples for one connection's streaming-model Stream (online partials). The worker feeds them and steps
+    every stream of a gather together (Recognizer.decode_streams); the future resolves to the texts of the
+    chunks this job's samples completed (FunASR's per-chunk text, "" for a chunk without tokens)."""
+
+    stream: object  # stream.Stream; touched only in the worker thread once created
+    samples: torch.Tensor  # 1-D float32 at the model's rate (may be empty)
+    finish: bool  # the end of the stream: decode the rest (FunASR's is_final chunk)
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    submitted: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
 class JobResult:
     """The engine's assembled result, and the per-segment results and spans (ms) it was made of."""
 
@@ -50,14 +64,17 @@ class JobResult:
 
 
 class RecognitionWorker:
-    def __init__(self, engine: Engine, max_wait_s: float = 0.02):
+    def __init__(self, engine: Engine, max_wait_s: float = 0.02, online=None):
         self.engine = engine
+        self.online = online  # a streaming Recognizer (--online-model): StreamJobs are stepped with it
         self.max_wait_s = max_wait_s
         self.budget = engine.opt.max_batch_frames
         self._q: queue.Queue[Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="recognition-worker", daemon=True)
         self.batches = 0  # counters, for the benchmark and the tests
         self.segments = 0
+        self.stream_steps = 0  # batched streaming-model steps, and the streams they stepped
+        self.stream_items = 0
         # tests set this to a callable(list[Job]) that may raise, to check that a failure inside recognition
         # reaches the clients of that batch only
         self.fault_hook = None
@@ -88,10 +105,26 @@ class RecognitionWorker:
         self._q.put(Job(wave, cut, fut, loop, key, hotwords))
         return fut
 
+    def submit_stream(self, stream, samples: torch.Tensor, *, finish: bool = False) -> asyncio.Future:
+        """From the event loop: feed `samples` to `stream` (finish: then end it); the future resolves to the list
+        of the texts of the chunks decoded (or an exception)."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        if self._stopped:
+            fut.set_exception(RuntimeError("the server is shutting down"))
+            return fut
+        self._q.put(StreamJob(stream, samples, finish, fut, loop))
+        return fut
+
     # --- the thread ------------------------------------------------------------------------------------
 
+    def _frames(self, job) -> int:
+        # a stream job costs its chunks' frames (a step is cheap beside an offline batch of the same audio)
+        n = job.samples.numel() if isinstance(job, StreamJob) else job.wave.numel()
+        return self.engine.pipeline.feature_frames(n) if n else 0
+
     def _gather(self, first: Job) -> tuple[list[Job], bool]:
-        jobs, frames = [first], self.engine.pipeline.feature_frames(first.wave.numel())
+        jobs, frames = [first], self._frames(first)
         deadline = time.perf_counter() + self.max_wait_s
         stop = False
         while frames < self.budget:
@@ -103,19 +136,15 @@ class RecognitionWorker:
                 stop = True
                 break
             jobs.append(job)
-            frames += self.engine.pipeline.feature_frames(job.wave.numel())
+            frames += self._frames(job)
         return jobs, stop
 
     def _run(self) -> None:
         torch.set_grad_enabled(False)
-        while True:
-            first = self._q.get()
-            if first is None:
-                break
-            jobs, stop = self._gather(first)
-            self._recognize(jobs)
-            if stop:
-                break
+        # each round in its own call: nothing of a finished round (a connection's stream, audio) stays referenced
+        # by this frame while the thread waits for the next job
+        while not self._round(self._q.get()):
+            pass
         # what is still queued at shutdown gets an answer rather than a hang
         while True:
             try:
@@ -125,7 +154,63 @@ class RecognitionWorker:
             if job is not None:
                 _resolve(job, exc=RuntimeError("the server is shutting down"))
 
+    def _round(self, first) -> bool:
+        """One gather and its work; True when the worker is to stop."""
+        if first is None:
+            return True
+        jobs, stop = self._gather(first)
+        streams = [j for j in jobs if isinstance(j, StreamJob)]
+        if streams:
+            self._step_streams(streams)
+        self._recognize([j for j in jobs if not isinstance(j, StreamJob)])
+        return stop
+
+    def _step_streams(self, jobs: list[StreamJob]) -> None:
+        """Feed every job's samples to its stream (in arrival order), then decode all ready chunks of all these
+        streams together: one batched model step per round and chunk configuration (decode_streams). Each
+        stream's new chunk texts go to its last job of this gather (the earlier ones get []), so a connection's
+        ordered output still carries them in order. A failure fails the jobs of that chunk configuration only."""
+        live: dict[int, list[StreamJob]] = {}
+        for job in jobs:
+            if job.future.cancelled():
+                continue  # the connection went away: its stream is dropped with it
+            s = job.stream
+            try:
+                if job.samples.numel():
+                    s.accept(job.samples, self.online.pipeline.sample_rate, decode=False)
+                if job.finish:
+                    s.finish(decode=False)
+            except Exception as e:
+                _resolve(job, exc=e)
+                continue
+            live.setdefault(id(s), []).append(job)
+        groups: dict = {}
+        for js in live.values():
+            groups.setdefault(js[0].stream.chunk, []).append(js)
+        for group in groups.values():
+            streams = [js[0].stream for js in group]
+            before = [len(s.chunk_results) for s in streams]
+            try:
+                if self.fault_hook is not None:
+                    self.fault_hook([j for js in group for j in js])
+                self.stream_steps += self.online.decode_streams(streams)
+                self.stream_items += len(streams)
+            except Exception as e:
+                log.exception("streaming step failed for %d streams", len(streams))
+                for js in group:
+                    for j in js:
+                        _resolve(j, exc=e)
+                continue
+            for s, b, js in zip(streams, before, group):
+                texts = [r.text for r in s.chunk_results[b:]]
+                del s.chunk_results[:]  # kept by Stream for inspection; a server stream may run for hours
+                for j in js[:-1]:
+                    _resolve(j, [])
+                _resolve(js[-1], texts)
+
     def _recognize(self, jobs: list[Job]) -> None:
+        if not jobs:
+            return
         eng, sr = self.engine, self.engine.sample_rate
         cuts, segments = {}, []
         for i, job in enumerate(jobs):
