@@ -14,9 +14,36 @@ import pytest
 import soundfile as sf
 import torch
 
-from conftest import SHARED
+from conftest import SHARED, golden_checkpoint
 from paraformer_ext.cli import main
 from paraformer_ext.server import Server, ServerOptions
+
+
+# --- fixtures the server test files share (imported by name: pytest finds them in the importing module) ---
+
+
+@pytest.fixture(scope="module")
+def model_dir():
+    return golden_checkpoint("small")
+
+
+@pytest.fixture(scope="module")
+def asr(model_dir):
+    from paraformer_ext import load
+
+    return load(model_dir)
+
+
+@pytest.fixture(scope="module")
+def vad():
+    from paraformer_ext.vad import FsmnVad
+
+    return FsmnVad.load()
+
+
+@pytest.fixture(scope="module")
+def audio(tmp_path_factory):
+    return make_audio(tmp_path_factory.mktemp("server_audio"))
 
 
 class ServerThread:

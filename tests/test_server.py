@@ -15,40 +15,18 @@ import time
 
 import pytest
 
-from conftest import REPO, golden_checkpoint, needs_shared
+from conftest import REPO, needs_shared
 
 pytest.importorskip("websockets")
 
-from server_helpers import (ServerThread, cli_results, distinct_files, exchange, first, frames, make_audio,  # noqa: E402
-                            pcm16, rival_hotwords, self_signed)
+from server_helpers import (ServerThread, asr, audio, cli_results, distinct_files, exchange, first, frames,  # noqa: E402,F401
+                            model_dir, pcm16, rival_hotwords, self_signed, vad)
 from paraformer_ext import load  # noqa: E402
 from paraformer_ext.server.client import recognize  # noqa: E402
 
 pytestmark = needs_shared
 
 FILES = ("asr_example", "mid", "long", "two", "mid8k", "long27")
-
-
-@pytest.fixture(scope="module")
-def model_dir():
-    return golden_checkpoint("small")
-
-
-@pytest.fixture(scope="module")
-def asr(model_dir):
-    return load(model_dir)
-
-
-@pytest.fixture(scope="module")
-def vad():
-    from paraformer_ext.vad import FsmnVad
-
-    return FsmnVad.load()
-
-
-@pytest.fixture(scope="module")
-def audio(tmp_path_factory):
-    return make_audio(tmp_path_factory.mktemp("server_audio"))
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from conftest import golden_checkpoint, needs_shared, stream_checkpoint
+from conftest import needs_shared, stream_checkpoint
 
 pytest.importorskip("websockets")
 
-from server_helpers import ServerThread, cli_results, exchange, first, frames, make_audio, pcm16  # noqa: E402
+from server_helpers import (ServerThread, asr, audio, cli_results, exchange, first, frames,  # noqa: E402,F401
+                            model_dir, pcm16, vad)
 from paraformer_ext import load  # noqa: E402
 from paraformer_ext.audio import _int_scale  # noqa: E402
 from paraformer_ext.server import Server  # noqa: E402
@@ -28,30 +29,8 @@ CHUNK = [5, 10, 5]
 
 
 @pytest.fixture(scope="module")
-def model_dir():
-    return golden_checkpoint("small")
-
-
-@pytest.fixture(scope="module")
-def asr(model_dir):
-    return load(model_dir)
-
-
-@pytest.fixture(scope="module")
 def online():
     return load(stream_checkpoint())
-
-
-@pytest.fixture(scope="module")
-def vad():
-    from paraformer_ext.vad import FsmnVad
-
-    return FsmnVad.load()
-
-
-@pytest.fixture(scope="module")
-def audio(tmp_path_factory):
-    return make_audio(tmp_path_factory.mktemp("server_online_audio"))
 
 
 @pytest.fixture(scope="module")
