@@ -17,6 +17,7 @@ import torch
 from conftest import SHARED, golden_checkpoint
 from paraformer_ext.cli import main
 from paraformer_ext.server import Server, ServerOptions
+from paraformer_ext.server.client import is_last_message
 
 
 # --- fixtures the server test files share (imported by name: pytest finds them in the importing module) ---
@@ -131,7 +132,7 @@ async def exchange(uri, messages, *, ssl=None, finals=1, timeout=120.0):
                 async for raw in ws:
                     r = json.loads(raw)
                     replies.append(r)
-                    if "error" in r or r.get("is_final") and (not wants_ack or r.get("is_end")):
+                    if is_last_message(r, wants_ack):
                         finals -= 1
                         if finals == 0:
                             break

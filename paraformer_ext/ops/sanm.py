@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..masks import length_mask
 from .fsmn import fsmn_memory_fn, fsmn_memory_ref
 from .linear import gemm_into, linear_fn
 
@@ -171,9 +172,10 @@ def _keys_with_past(k, v, lengths, past_k, past_v, past_lengths):
 
 
 def _valid(lengths, T):
+    """length_mask, or None when no item is padded (attention then runs unmasked)."""
     if lengths is None or not bool((lengths < T).any()):
         return None
-    return torch.arange(T, device=lengths.device)[None, :] < lengths[:, None]
+    return length_mask(lengths, T)
 
 
 def sanm_chunk_attention(attn, x: torch.Tensor, lengths: torch.Tensor | None, past_k: torch.Tensor | None,

@@ -43,6 +43,12 @@ def transcript(messages: list[dict], mode: str) -> str:
     return "".join(m.get("text", "") for m in messages if m.get("mode") == "online")
 
 
+def is_last_message(m: dict, wants_ack: bool) -> bool:
+    """Whether a server message ends an utterance's exchange: an error, or the one is_final result (with an
+    is_end request, the is_end acknowledgement that follows it)."""
+    return "error" in m or bool(m.get("is_final")) and (not wants_ack or bool(m.get("is_end")))
+
+
 async def recognize(uri: str, path: str, *, mode: str = "offline", hotwords: str | None = None,
                     wav_name: str | None = None, realtime: float = 0.0, chunk_ms: int = 60,
                     ssl_context: ssl.SSLContext | None = None, is_end: bool = False, timeout: float = 600.0) -> dict:
@@ -82,8 +88,7 @@ async def recognize(uri: str, path: str, *, mode: str = "offline", hotwords: str
                 async for raw in ws:
                     m = json.loads(raw)
                     messages.append(m)
-                    # the last message: the one is_final (with is_end, the acknowledgement), or an error
-                    if "error" in m or m.get("is_final") and (not is_end or m.get("is_end")):
+                    if is_last_message(m, is_end):
                         break
         finally:
             if not send_task.done():
