@@ -28,6 +28,11 @@ TORCH_LIBRARY(paraformer_ext, m) {
   m.def("cif_stream(Tensor hidden, Tensor alphas, Tensor lengths, Tensor carry_alpha, Tensor carry_hidden, "
         "Tensor is_final, float threshold, float tail_threshold) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 
+  // Counter-based dropout (semantics in paraformer_ext/ops/dropout.py): out = (residual +) x * m with
+  // m = 1 / (1 - p) where hash(seed, i) >= p * 2^32, else 0; the mask is a function of (seed, element index),
+  // so the backward pass is this op on the gradient with the same seed. x any float dtype; p in [0, 1].
+  m.def("dropout_hash(Tensor x, float p, int seed, Tensor? residual=None) -> Tensor");
+
   // Int8 (W8A8) linear building blocks (conventions in paraformer_ext/ops/int8.py; inference only, no autograd).
   // Per-row symmetric quantization: x (M, K) float32/float16/bfloat16 -> (q (M, K) int8, scale (M,) float32)
   // with scale = absmax / 127 and q = clamp(round_half_even(x / scale), -127, 127) (all-zero rows: 0, 0).

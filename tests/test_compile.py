@@ -24,7 +24,7 @@ OPS = torch.ops.paraformer_ext
 REGISTERED = {  # csrc/registration.cpp, in order; test_every_registered_op_is_listed keeps this list honest
     "fsmn_memory", "fsmn_memory_weight_grad", "cif", "cif_backward", "cif_stream", "quantize_rows", "int8_linear_epilogue",
     "int8_linear_epilogue_quantize", "layer_norm_quantize_rows", "quantize_rows_split", "out_proj_argmax",
-    "hotword_decode",
+    "hotword_decode", "dropout_hash",
 }
 
 

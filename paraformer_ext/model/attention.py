@@ -13,6 +13,7 @@ from torch import nn
 
 from .._ext import use_kernels as _use_kernels
 from ..ops.fsmn import fsmn_left, fsmn_memory
+from .layers import Dropout
 from ..ops.sanm import cross_attention_fn, cross_attention_ref, sanm_self_attention_fn, sanm_self_attention_ref
 
 
@@ -32,7 +33,7 @@ class MultiHeadedAttentionSANM(nn.Module):
         self.d_k = n_feat // n_head
         self.linear_out = nn.Linear(n_feat, n_feat)
         self.linear_q_k_v = nn.Linear(in_feat, 3 * n_feat)
-        self.dropout = nn.Dropout(dropout_rate)
+        self.dropout = Dropout(dropout_rate)
         self.fsmn_block = nn.Conv1d(n_feat, n_feat, kernel_size, groups=n_feat, bias=False)
         self.left = fsmn_left(kernel_size, sanm_shfit)
         self.kernels = False
@@ -50,15 +51,14 @@ class MultiHeadedAttentionSANMDecoder(nn.Module):
 
     def __init__(self, n_feat: int, kernel_size: int, sanm_shfit: int = 0, dropout_rate: float = 0.0):
         super().__init__()
-        self.dropout = nn.Dropout(dropout_rate)
+        self.dropout = Dropout(dropout_rate)
         self.fsmn_block = nn.Conv1d(n_feat, n_feat, kernel_size, groups=n_feat, bias=False)
         self.left = fsmn_left(kernel_size, sanm_shfit)
         self.kernels = False
 
     def forward(self, x, lengths, residual=None):
         if self.training and self.dropout.p > 0:  # FunASR drops out the memory before the layer's residual
-            out = self.dropout(fsmn_memory(x, self.fsmn_block.weight, lengths, self.left, kernels=self.kernels))
-            return out if residual is None else residual + out
+            return self.dropout(fsmn_memory(x, self.fsmn_block.weight, lengths, self.left, kernels=self.kernels), residual)
         return fsmn_memory(x, self.fsmn_block.weight, lengths, self.left, residual, kernels=self.kernels)
 
 
@@ -76,7 +76,7 @@ class MultiHeadedAttentionCrossAtt(nn.Module):
         self.linear_q = nn.Linear(n_feat, n_feat)
         self.linear_k_v = nn.Linear(enc, 2 * n_feat)
         self.linear_out = nn.Linear(n_feat, n_feat)
-        self.dropout = nn.Dropout(dropout_rate)
+        self.dropout = Dropout(dropout_rate)
         self.kernels = False
 
     def forward(self, x, memory, memory_mask, residual=None, norm=None):

@@ -10,7 +10,7 @@ from torch import nn
 from .attention import MultiHeadedAttentionCrossAtt, MultiHeadedAttentionSANMDecoder
 from .config import DecoderConfig
 from ..masks import length_mask
-from .layers import PositionwiseFeedForwardDecoderSANM, layer_norm
+from .layers import Dropout, PositionwiseFeedForwardDecoderSANM, layer_norm
 
 
 class DecoderLayerSANM(nn.Module):
@@ -24,16 +24,16 @@ class DecoderLayerSANM(nn.Module):
             self.norm2 = layer_norm(size)
         if src_attn is not None:
             self.norm3 = layer_norm(size)
-        self.dropout = nn.Dropout(dropout_rate)
+        self.dropout = Dropout(dropout_rate)
 
     def forward(self, x, lengths, memory=None, memory_mask=None):
         residual = x
         if self.training:
             t = x = self.feed_forward(self.norm1(x))  # the FFN comes first and has no residual of its own
             if self.self_attn is not None:
-                x = residual + self.dropout(self.self_attn(self.norm2(t), lengths))
+                x = self.dropout(self.self_attn(self.norm2(t), lengths), residual)
             if self.src_attn is not None:
-                x = x + self.dropout(self.src_attn(self.norm3(x), memory, memory_mask))
+                x = self.dropout(self.src_attn(self.norm3(x), memory, memory_mask), x)
             return x
         # the pre-norms of the FFN and the cross-attention go along unapplied (fused into int8 quantization)
         t = x = self.feed_forward(x, norm=self.norm1)

@@ -10,7 +10,7 @@ from torch import nn
 from .attention import MultiHeadedAttentionSANM
 from .config import EncoderConfig
 from ..masks import length_mask
-from .layers import PositionwiseFeedForward, layer_norm, sinusoidal_position_encoding
+from .layers import Dropout, PositionwiseFeedForward, layer_norm, sinusoidal_position_encoding
 
 
 class EncoderLayerSANM(nn.Module):
@@ -20,7 +20,7 @@ class EncoderLayerSANM(nn.Module):
         self.feed_forward = feed_forward
         self.norm1 = layer_norm(in_size)
         self.norm2 = layer_norm(size)
-        self.dropout = nn.Dropout(dropout_rate)
+        self.dropout = Dropout(dropout_rate)
         self.in_size = in_size
         self.size = size
 
@@ -29,8 +29,8 @@ class EncoderLayerSANM(nn.Module):
         same = self.in_size == self.size
         if self.training:
             att = self.self_attn(self.norm1(x), lengths, key_mask)
-            x = x + self.dropout(att) if same else self.dropout(att)
-            return x + self.dropout(self.feed_forward(self.norm2(x)))
+            x = self.dropout(att, x if same else None)  # residual + dropout(att), in one pass with kernels
+            return self.dropout(self.feed_forward(self.norm2(x)), x)
         # the pre-norms go along unapplied: int8 layers fuse them into their input quantization
         x = self.self_attn(x, lengths, key_mask, x if same else None, norm=self.norm1)
         return self.feed_forward(x, x, norm=self.norm2)

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from .._ext import use_kernels
+from ..ops.dropout import draw_seed, dropout_fn
 from ..ops.linear import linear_fn
 from ..ops.sanm import ffn_fn, ffn_ref
 from .config import LAYER_NORM_EPS
@@ -14,6 +15,22 @@ from .config import LAYER_NORM_EPS
 
 def layer_norm(dim: int) -> nn.LayerNorm:
     return nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout (same `p`, no parameters) that also adds the layer's residual: in training with kernels,
+    the counter-based op (ops/dropout.py: no stored mask, one pass for dropout + residual); otherwise torch's
+    dropout, as FunASR."""
+
+    def __init__(self, p: float = 0.5):
+        super().__init__(p)
+        self.kernels = False
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        if self.training and self.p > 0 and use_kernels(self.kernels, x.device):
+            return dropout_fn(x, self.p, draw_seed(), residual)
+        y = super().forward(x)
+        return y if residual is None else residual + y
 
 
 def sinusoidal_position_encoding(T: int, depth: int, device=None, dtype=torch.float32, start: int = 0) -> torch.Tensor:
@@ -35,7 +52,7 @@ class PositionwiseFeedForward(nn.Module):
         super().__init__()
         self.w_1 = nn.Linear(d_model, d_ff)
         self.w_2 = nn.Linear(d_ff, d_model)
-        self.dropout = nn.Dropout(dropout_rate)
+        self.dropout = Dropout(dropout_rate)
         self.kernels = False
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, norm: nn.Module | None = None) -> torch.Tensor:
@@ -44,7 +61,7 @@ class PositionwiseFeedForward(nn.Module):
             return ffn_fn(self, x, residual, norm)
         x = x if norm is None else norm(x)
         if self.training:
-            y = self.w_2(self.dropout(torch.relu(self.w_1(x))))
+            y = self.w_2(self.dropout(torch.relu(self.w_1(x))))  # FunASR's order: dropout after the ReLU
             return y if residual is None else residual + y
         return ffn_ref(self, x, residual)
 
@@ -57,7 +74,7 @@ class PositionwiseFeedForwardDecoderSANM(nn.Module):
         self.w_1 = nn.Linear(d_model, d_ff)
         self.w_2 = nn.Linear(d_ff, d_model, bias=False)
         self.norm = layer_norm(d_ff)
-        self.dropout = nn.Dropout(dropout_rate)
+        self.dropout = Dropout(dropout_rate)
         self.kernels = False
 
     def forward(self, x: torch.Tensor, norm: nn.Module | None = None) -> torch.Tensor:

@@ -95,8 +95,8 @@ def sanm_self_attention_fn(attn, x: torch.Tensor, lengths: torch.Tensor | None, 
     att = _merge(_sdpa(_heads(q, attn.h), _heads(k, attn.h), _heads(v, attn.h), key_mask, attn.d_k ** (-0.5), dropout))
     lin = attn.linear_out
     if _dropout_p(dropout) > 0:  # training: the FSMN memory is dropped out before anything is added to it
-        mem = dropout(fsmn_memory_fn(v, attn.fsmn_block.weight, lengths, attn.left))
-        return linear_fn(lin, att, residual=mem if residual is None else mem + residual)
+        mem = dropout(fsmn_memory_fn(v, attn.fsmn_block.weight, lengths, attn.left), residual)
+        return linear_fn(lin, att, residual=mem)
     if type(lin) is not nn.Linear:  # a Linear-like replacement (int8) adds the residual in its own epilogue
         return linear_fn(lin, att, residual=fsmn_memory_fn(v, attn.fsmn_block.weight, lengths, attn.left, residual))
     base = fsmn_memory_fn(v, attn.fsmn_block.weight, lengths, attn.left, residual, lin.bias)
