@@ -29,9 +29,18 @@ inline DropoutKey dropout_key(int64_t seed) {
 
 // Element i is kept when its hash is >= threshold = round(p * 2^32) (p = 1: nothing is kept). Indices past
 // 2^32 fold their high word into the first key, so every element of a tensor of any size has its own draw.
+// dropout_key_for(key, i >> 32) is the first key of the 2^32 indices that share i's high word; the CPU loop
+// hoists it, leaving 32-bit integer work per element.
+PFX_HD uint32_t dropout_key_for(DropoutKey key, uint64_t high_word) {
+  return key.k0 ^ mix32(static_cast<uint32_t>(high_word));
+}
+
+PFX_HD bool dropout_keep_low(uint32_t k0, uint32_t k1, uint32_t low_word, uint32_t threshold) {
+  return mix32(mix32(low_word ^ k0) + k1) >= threshold;
+}
+
 PFX_HD bool dropout_keep(DropoutKey key, uint64_t i, uint32_t threshold) {
-  const uint32_t k0 = key.k0 ^ mix32(static_cast<uint32_t>(i >> 32));
-  return mix32(mix32(static_cast<uint32_t>(i) ^ k0) + key.k1) >= threshold;
+  return dropout_keep_low(dropout_key_for(key, i >> 32), key.k1, static_cast<uint32_t>(i), threshold);
 }
 
 struct DropoutArgs {
