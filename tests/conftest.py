@@ -100,3 +100,19 @@ def stream_checkpoint(frontend: str | None = None) -> Path:
         online_variant(small, out, changes, frontend)
         (out / ".done").write_text("ok\n")
     return out
+
+
+# --- training (tests/test_training*.py) ---------------------------------------------------------------------------
+
+
+def assert_batch_is_sum_of_parts(out: dict, grads: dict, parts: list) -> None:
+    """A padded batch's compute_loss result (out, grads) equals its utterances' batch-1 results (parts: (out, grads)
+    each) weighted by their token counts: the loss to 1e-5 relative, every gradient to 1e-4 of its largest entry."""
+    W = out["weight"]
+    assert W == sum(p[0]["weight"] for p in parts)
+    for k in ("loss", "loss_att", "loss_pre"):
+        combined = sum(float(p[0][k].detach()) * p[0]["weight"] for p in parts) / W
+        assert abs(float(out[k].detach()) - combined) <= 1e-5 * abs(combined), k
+    for name, g in grads.items():
+        combined = sum(p[1][name].double() * p[0]["weight"] for p in parts) / W
+        assert (g.double() - combined).abs().max() <= 1e-4 * combined.abs().max().clamp_min(1e-12), name

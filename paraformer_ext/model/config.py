@@ -198,6 +198,9 @@ class ModelConfig:
     predictor_bias: int = 0
     sampling_ratio: float = 0.2
     share_embedding: bool = False
+    # ParaformerStreaming only: "chunk" = the decoder's cross-attention sees its token's encoder chunk and the
+    # look-back (training/streaming.py); anything else = the whole utterance (FunASR's remove_chunk branch)
+    decoder_attention_chunk_type: str = "chunk"
     use_1st_decoder_loss: bool = False
     report_cer: bool = True
     report_wer: bool = True

@@ -85,9 +85,11 @@ class ParaformerSANMDecoder(nn.Module):
         )
         self.decoders3 = nn.ModuleList([DecoderLayerSANM(d_model, None, None, ffn(), drop)])
 
-    def forward_hidden(self, hs, hlens, tgt, tgt_lens) -> torch.Tensor:
-        """Everything but the output projection: (B, N, d) after after_norm."""
-        memory_mask = length_mask(hlens, hs.size(1), hs.device)
+    def forward_hidden(self, hs, hlens, tgt, tgt_lens, memory_mask=None) -> torch.Tensor:
+        """Everything but the output projection: (B, N, d) after after_norm. memory_mask: (B, N, T) bool, which
+        encoder frames each position may attend to (the streaming training's chunk mask), instead of hlens'."""
+        if memory_mask is None:
+            memory_mask = length_mask(hlens, hs.size(1), hs.device)
         x = tgt
         for layer in self.decoders:
             x = layer(x, tgt_lens, hs, memory_mask)
@@ -98,5 +100,5 @@ class ParaformerSANMDecoder(nn.Module):
             x = layer(x, tgt_lens)
         return self.after_norm(x)
 
-    def forward(self, hs, hlens, tgt, tgt_lens) -> torch.Tensor:
-        return self.output_layer(self.forward_hidden(hs, hlens, tgt, tgt_lens))
+    def forward(self, hs, hlens, tgt, tgt_lens, memory_mask=None) -> torch.Tensor:
+        return self.output_layer(self.forward_hidden(hs, hlens, tgt, tgt_lens, memory_mask))

@@ -70,7 +70,11 @@ class SANMEncoder(nn.Module):
         T = x.size(1)
         if lengths is not None and not torch.compiler.is_compiling() and bool((lengths >= T).all()):
             lengths = None  # no padding: skip all masking work, identical result (a graph break when compiled)
-        key_mask = length_mask(lengths, T, x.device)
+        return self.layers(x, lengths, length_mask(lengths, T, x.device))
+
+    def layers(self, x: torch.Tensor, lengths: torch.Tensor | None, key_mask: torch.Tensor | None) -> torch.Tensor:
+        """Every layer and after_norm on embedded frames x (B, T, d). lengths (B,) and key_mask (B, T) as in
+        forward; the chunk-masked streaming training passes (B, n) chunk lengths and a per-query (B, T, T) mask."""
         for layer in self.encoders0:
             x = layer(x, lengths, key_mask)
         for layer in self.encoders:

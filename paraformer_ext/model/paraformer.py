@@ -85,19 +85,20 @@ class Paraformer(nn.Module):
         """features (B, T, input_size) float32, lengths (B,) → encoder output (B, T, d) in the model dtype."""
         return self.encoder(features, lengths)
 
-    def decode_logits(self, encoder_out, encoder_lengths, acoustic_embeds, token_num) -> torch.Tensor:
-        """(B, N, vocab) decoder logits in the model dtype."""
-        return self.decoder(encoder_out, encoder_lengths, acoustic_embeds.to(self.dtype), token_num)
+    def decode_logits(self, encoder_out, encoder_lengths, acoustic_embeds, token_num, memory_mask=None) -> torch.Tensor:
+        """(B, N, vocab) decoder logits in the model dtype. memory_mask: the decoder's (B, N, T) override."""
+        return self.decoder(encoder_out, encoder_lengths, acoustic_embeds.to(self.dtype), token_num, memory_mask)
 
     @torch.no_grad()
-    def decode_argmax(self, encoder_out, encoder_lengths, embeds, token_num) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode_argmax(self, encoder_out, encoder_lengths, embeds, token_num, memory_mask=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(ids (B, N) int64, log-probability (B, N) float32) of the decoder's best token per position: greedy's
-        decoding, and training's first pass before the GLM sampler."""
+        decoding, and training's first pass before the GLM sampler (memory_mask: the decoder's override)."""
         if use_kernels(self.kernels, encoder_out.device):
             # the fused projection + log_softmax + argmax: the (B, N, vocab) logits are never written
-            hidden = self.decoder.forward_hidden(encoder_out, encoder_lengths, embeds.to(self.dtype), token_num)
+            hidden = self.decoder.forward_hidden(encoder_out, encoder_lengths, embeds.to(self.dtype), token_num,
+                                                 memory_mask)
             return out_proj_argmax(hidden, self.decoder.output_layer)  # nn.Linear or int8
-        logits = self.decode_logits(encoder_out, encoder_lengths, embeds, token_num)
+        logits = self.decode_logits(encoder_out, encoder_lengths, embeds, token_num, memory_mask)
         best, ids = torch.log_softmax(logits.float(), dim=-1).max(dim=-1)
         return ids, best
 

@@ -53,7 +53,12 @@ class CifPredictorV2(nn.Module):
         return a
 
     def forward(self, hidden: torch.Tensor, lengths: torch.Tensor | None, target_lengths: torch.Tensor | None = None) -> PredictorOutput:
-        alphas = self.alphas(hidden, lengths)
+        return self.integrate(hidden, self.alphas(hidden, lengths), lengths, target_lengths)
+
+    def integrate(self, hidden: torch.Tensor, alphas: torch.Tensor, lengths: torch.Tensor | None,
+                  target_lengths: torch.Tensor | None = None) -> PredictorOutput:
+        """CIF of hidden (B, T, D) with these alphas (B, T) (forward's, or the streaming training's, computed per
+        chunk): rescaled to target_lengths when given (training), else the inference threshold mode."""
         B, T = alphas.shape
         if lengths is None:
             lengths = torch.full((B,), T, dtype=torch.long, device=hidden.device)

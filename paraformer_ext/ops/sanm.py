@@ -23,14 +23,19 @@ from .fsmn import fsmn_memory_fn, fsmn_memory_ref
 from .linear import gemm_into, linear_fn
 
 
+def _mask4(key_mask: torch.Tensor) -> torch.Tensor:
+    """A key mask (B, Tk), or a per-query one (B, Tq, Tk) (the chunk-masked streaming training), as (B, 1, ·, Tk)."""
+    return key_mask[:, None, None, :] if key_mask.dim() == 2 else key_mask[:, None]
+
+
 def masked_softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None,
                              dropout: nn.Module | None = None) -> torch.Tensor:
-    """FunASR's forward_attention. q (B,H,Tq,dk) already scaled; k, v (B,H,Tk,dk); key_mask (B,Tk) bool.
-    Masked keys get −inf before the softmax and exactly 0 after it (an all-masked row gives 0, not NaN).
+    """FunASR's forward_attention. q (B,H,Tq,dk) already scaled; k, v (B,H,Tk,dk); key_mask (B,Tk) or (B,Tq,Tk)
+    bool. Masked keys get −inf before the softmax and exactly 0 after it (an all-masked row gives 0, not NaN).
     dropout (training): applied to the attention probabilities, as FunASR does."""
     scores = torch.matmul(q, k.transpose(-2, -1))
     if key_mask is not None:
-        pad = ~key_mask[:, None, None, :]
+        pad = ~_mask4(key_mask)
         scores = scores.masked_fill(pad, float("-inf"))
         attn = torch.softmax(scores, dim=-1).masked_fill(pad, 0.0)
     else:
@@ -55,7 +60,7 @@ def _sdpa(q, k, v, key_mask, scale, dropout: nn.Module | None = None):
         # training: the probabilities go through the layer's own dropout (the counter-based op with kernels);
         # SDPA's would draw a Bernoulli tensor of (B, H, Tq, Tk) instead, a twentieth of a CPU training step
         return masked_softmax_attention(q * scale, k, v, key_mask, dropout)
-    mask = None if key_mask is None else key_mask[:, None, None, :]
+    mask = None if key_mask is None else _mask4(key_mask)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
@@ -67,12 +72,27 @@ def _dropout_p(dropout: nn.Module | None) -> float:
 # --- encoder self-attention ------------------------------------------------------------------------------
 
 
+def _fsmn(fsmn, v: torch.Tensor, w: torch.Tensor, lengths: torch.Tensor | None, left: int,
+          residual: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`fsmn` (fsmn_memory_ref or _fn) over whole sequences (lengths (B,) or None) or, with lengths (B, n), over
+    each of the n chunks of T / n frames alone, zero outside it: what the zeroed shift rows between chunks make of
+    FunASR's FSMN in the chunk-masked training encoder (training/streaming.py). Chunks are views, not copies."""
+    if lengths is None or lengths.dim() == 1:
+        return fsmn(v, w, lengths, left, residual, bias)
+    B, T, D = v.shape
+    n = lengths.size(1)
+    chunks = lambda t: None if t is None else t.reshape(B * n, T // n, D)  # noqa: E731
+    return fsmn(chunks(v), w, lengths.reshape(-1), left, chunks(residual), bias).reshape(B, T, D)
+
+
+
 def sanm_self_attention_ref(attn, x: torch.Tensor, lengths: torch.Tensor | None, key_mask: torch.Tensor | None,
                             residual: torch.Tensor | None = None, dropout: nn.Module | None = None) -> torch.Tensor:
     """FunASR's MultiHeadedAttentionSANM.forward, plus the layer's residual.
 
     attn: MultiHeadedAttentionSANM (linear_q_k_v, linear_out, fsmn_block, h, d_k, left); x: (B, T, in_feat)
-    (already normalised); lengths: (B,) or None; key_mask: (B, T) bool or None; residual: (B, T, D) or None
+    (already normalised); lengths: (B,) or None, or (B, n) for the FSMN per chunk (`_fsmn`); key_mask: (B, T) or
+    per query (B, T, T) bool, or None; residual: (B, T, D) or None
     (the first encoder layer has none); dropout (training): FunASR's, on the attention probabilities and on
     the FSMN memory. Returns residual + linear_out(MHA) + FSMN(V): (B, T, D).
     """
@@ -81,9 +101,9 @@ def sanm_self_attention_ref(attn, x: torch.Tensor, lengths: torch.Tensor | None,
     q_h = _heads(q, attn.h) * attn.d_k ** (-0.5)
     att = attn.linear_out(_merge(masked_softmax_attention(q_h, _heads(k, attn.h), _heads(v, attn.h), key_mask, dropout)))
     if dropout is not None:
-        out = att + dropout(fsmn_memory_ref(v, attn.fsmn_block.weight, lengths, attn.left))
+        out = att + dropout(_fsmn(fsmn_memory_ref, v, attn.fsmn_block.weight, lengths, attn.left))
     else:
-        out = fsmn_memory_ref(v, attn.fsmn_block.weight, lengths, attn.left, att)
+        out = _fsmn(fsmn_memory_ref, v, attn.fsmn_block.weight, lengths, attn.left, att)
     return out if residual is None else residual + out
 
 
@@ -98,11 +118,11 @@ def sanm_self_attention_fn(attn, x: torch.Tensor, lengths: torch.Tensor | None, 
     att = _merge(_sdpa(_heads(q, attn.h), _heads(k, attn.h), _heads(v, attn.h), key_mask, attn.d_k ** (-0.5), dropout))
     lin = attn.linear_out
     if _dropout_p(dropout) > 0:  # training: the FSMN memory is dropped out before anything is added to it
-        mem = dropout(fsmn_memory_fn(v, attn.fsmn_block.weight, lengths, attn.left), residual)
+        mem = dropout(_fsmn(fsmn_memory_fn, v, attn.fsmn_block.weight, lengths, attn.left), residual)
         return linear_fn(lin, att, residual=mem)
     if type(lin) is not nn.Linear:  # a Linear-like replacement (int8) adds the residual in its own epilogue
-        return linear_fn(lin, att, residual=fsmn_memory_fn(v, attn.fsmn_block.weight, lengths, attn.left, residual))
-    base = fsmn_memory_fn(v, attn.fsmn_block.weight, lengths, attn.left, residual, lin.bias)
+        return linear_fn(lin, att, residual=_fsmn(fsmn_memory_fn, v, attn.fsmn_block.weight, lengths, attn.left, residual))
+    base = _fsmn(fsmn_memory_fn, v, attn.fsmn_block.weight, lengths, attn.left, residual, lin.bias)
     return gemm_into(base, lin, att)
 
 

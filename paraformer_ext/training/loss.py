@@ -11,6 +11,7 @@ from .criteria import label_smoothing_loss, mae_loss
 from .glm import glm_embeds, glm_mask, glm_target_num
 from .mwer import MwerConfig, mwer_loss
 from .specaug import spec_aug
+from .streaming import chunk_configs, choose_chunk_config, chunked_forward
 
 
 def _check_inputs(model, speech, speech_lengths, text, text_lengths):
@@ -51,7 +52,7 @@ def _targets(text, text_lengths, mc):
 def compute_loss(model, speech: torch.Tensor, speech_lengths: torch.Tensor, text: torch.Tensor,
                  text_lengths: torch.Tensor, *, sampling_ratio: float | None = None,
                  glm_positions: Sequence[torch.Tensor] | None = None, mwer: MwerConfig | None = None,
-                 generator: torch.Generator | None = None) -> dict:
+                 generator: torch.Generator | None = None, chunk_config: int | None = None) -> dict:
     """FunASR's `Paraformer.forward` (spec paraformer.md §1.2, training.md §1-§2) on a padded batch.
 
     model: `Paraformer` (e.g. `paraformer_ext.load(dir).model`, after `.requires_grad_(True)`); speech: (B, T, F)
@@ -73,6 +74,10 @@ def compute_loss(model, speech: torch.Tensor, speech_lengths: torch.Tensor, text
     accuracy over target positions, eos included), "weight" (float: Σ target lengths incl. eos when
     length_normalized_loss, else B; FunASR's batch weight), "token_length" ((B,) unscaled Σα, detached),
     "first_pass_ids" ((B, L) argmax of the first pass), "glm_mask" ((B, L) bool or None).
+
+    A streaming model (cfg.streaming: ParaformerStreaming) runs FunASR's chunk-masked training forward instead
+    (streaming.py): configuration `chunk_config` of encoder_conf's chunk lists, or in train mode one drawn with
+    torch.randint from `generator` before SpecAug (FunASR's order; eval mode: 0); the result adds "chunk_config".
 
     mwer: a mwer.MwerConfig turns on MWER with negative sampling on the second pass's logits (candidates drawn
     from `generator`): loss = ce_weight · loss_att + predictor_weight · loss_pre + weight · loss_mwer, and the
@@ -108,25 +113,37 @@ def compute_loss(model, speech: torch.Tensor, speech_lengths: torch.Tensor, text
     if int(ys_lens.sum()) == 0:
         raise ValueError("every target is empty (text_lengths all 0 and predictor_bias 0): nothing to train on")
 
+    L = ys.size(1)
+    geometry = None
+    if model.cfg.streaming:  # drawn first, as FunASR's random_choice precedes its encoder (and SpecAug)
+        configs = chunk_configs(model.cfg.encoder)
+        chunk_config = choose_chunk_config(len(configs), model.training, generator, chunk_config)
+        geometry = configs[chunk_config]
+    elif chunk_config is not None:
+        raise ValueError("chunk_config is for streaming models (ParaformerStreaming); this one is offline")
     if model.training and model.cfg.specaug is not None:
         speech = spec_aug(speech, model.cfg.specaug, model.cfg.specaug_conf, generator)
-    # padded frames zeroed as in inference: an utterance trains the same in any batch (FunASR's does not)
-    enc = zero_padded_frames(model.encode(speech, speech_lengths), speech_lengths)
-    pred = model.predictor(enc, speech_lengths, target_lengths=ys_lens)
-    token_length = pred.alphas.sum(-1)  # unscaled Σα: the MAE's prediction (tail is off with targets)
-    L = ys.size(1)
+    if geometry is not None:
+        fwd = chunked_forward(model, speech, speech_lengths, ys_lens, L, geometry)
+        memory, memory_lengths, memory_mask, pred, token_length = fwd
+    else:
+        # padded frames zeroed as in inference: an utterance trains the same in any batch (FunASR's does not)
+        memory = zero_padded_frames(model.encode(speech, speech_lengths), speech_lengths)
+        memory_lengths, memory_mask = speech_lengths, None
+        pred = model.predictor(memory, speech_lengths, target_lengths=ys_lens)
+        token_length = pred.alphas.sum(-1)  # unscaled Σα: the MAE's prediction (tail is off with targets)
     acoustic = pred.acoustic_embeds[:, :L].to(model.dtype)  # N = max target length rows (CIF pads with zeros)
 
     mask = None
     if ratio > 0:
-        first_ids = model.decode_argmax(enc, speech_lengths, acoustic, ys_lens)[0]
+        first_ids = model.decode_argmax(memory, memory_lengths, acoustic, ys_lens, memory_mask)[0]
         n = glm_target_num(first_ids, ys, ys_lens, ratio)
         mask = glm_mask(n, ys_lens, L, positions=glm_positions, generator=generator)
         target_emb = model.decoder.embed(ys.clamp_min(0))  # FunASR embeds pads as id 0; they are zeroed after
         semantic = glm_embeds(acoustic, target_emb, mask, ys_lens)
     else:
         semantic = acoustic
-    logits = model.decoder(enc, speech_lengths, semantic, ys_lens)
+    logits = model.decoder(memory, memory_lengths, semantic, ys_lens, memory_mask)
     if mask is None:
         first_ids = logits.detach().argmax(-1)  # FunASR: without the sampler, accuracy of the only pass
 
@@ -150,5 +167,6 @@ def compute_loss(model, speech: torch.Tensor, speech_lengths: torch.Tensor, text
         "token_length": token_length.detach(),
         "first_pass_ids": first_ids,
         "glm_mask": mask,
+        **({"chunk_config": chunk_config} if geometry is not None else {}),
         **extra,
     }

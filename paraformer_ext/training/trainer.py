@@ -282,13 +282,28 @@ class Trainer:
                 out = compute_loss(self.model, feats, flens, text, tl, sampling_ratio=0.0)
                 tot += float(out["loss"]) * out["weight"]
                 weight += out["weight"]
-                for u, r in zip(utts, self.pipeline.decode(feats, flens)):
-                    errors += character_errors(u.text, r["text"])
+                for u, text in zip(utts, self._hypotheses(utts, feats, flens)):
+                    errors += character_errors(u.text, text)
                     chars += len("".join(u.text.split()))
         self.model.train()
         if not weight:
             return float("nan"), float("nan")
         return tot / weight, errors / max(chars, 1)
+
+    def _hypotheses(self, utts, feats, flens) -> list[str]:
+        """Validation texts: greedy decoding of the features, or for a streaming model (which has no offline
+        decoding) its own chunk-by-chunk recognition of the audio, with asr.stream()'s defaults."""
+        if not self.model.cfg.streaming:
+            return [r["text"] for r in self.pipeline.decode(feats, flens)]
+        from ..stream import StreamingEngine, chunk_config
+
+        engine = StreamingEngine(self.pipeline)
+        out = []
+        for u in utts:
+            s = engine.stream(chunk_config())
+            s.accept(load_audio(u.path, target_sr=self.pipeline.sample_rate), self.pipeline.sample_rate)
+            out.append(s.finish()["text"])
+        return out
 
     def _bar(self, total: int, initial: int):
         if not self.cfg.progress:
