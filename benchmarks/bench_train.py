@@ -8,6 +8,8 @@ A step = forward + backward + AdamW step (+ zero_grad), the model in train mode 
 dropouts, the GLM sampler at the config's sampling_ratio), on the same batch every step:
   ours-kernels  paraformer_ext.training.compute_loss on paraformer_ext.load(DIR, kernels=True).model
   ours-ref      the same with kernels=False (the plain PyTorch reference)
+  ours-bf16     ours-kernels under bf16 autocast (the trainer's --bf16: float32 weights, gradients and AdamW);
+                fast only where the CPU computes bf16 natively (AVX-512 BF16 / AMX), emulated and slow elsewhere
   funasr        FunASR 1.4.16's Paraformer.forward (AutoModel(model=DIR).model) + backward, in the anchors venv
 Every system is a persistent worker (benchmarks/anchors/protocol.py) holding the same checkpoint (the golden
 `small` preset by default, built by ../shared/golden/make_checkpoint.py) and the same batch: 16 utterances of
@@ -37,7 +39,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE / "anchors"))
 from protocol import ANCHORS_PYTHON, DEFAULT_WORK, REPO, ask, finish_all, fmt, markdown_table, proc_status_mb, reset_peak_rss, serve, timed  # noqa: E402
 
-SYSTEMS = ["ours-kernels", "ours-ref", "funasr"]
+SYSTEMS = ["ours-kernels", "ours-ref", "ours-bf16", "funasr"]
 TOKENS_PER_S = 4.0
 
 
@@ -75,10 +77,12 @@ def worker_main(a) -> None:
         import paraformer_ext
         from paraformer_ext.training import compute_loss
 
-        model = paraformer_ext.load(a.model, kernels=a.worker == "ours-kernels").model.requires_grad_(True)
+        model = paraformer_ext.load(a.model, kernels=a.worker != "ours-ref").model.requires_grad_(True)
+        bf16 = a.worker == "ours-bf16"
 
         def loss_fn(sampling_ratio=None):
-            return compute_loss(model, speech, slen, text, tlen, sampling_ratio=sampling_ratio)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                return compute_loss(model, speech, slen, text, tlen, sampling_ratio=sampling_ratio)
     load_s = time.perf_counter() - t0
     torch.set_num_threads(a.threads)
     params = [p for p in model.parameters() if p.requires_grad]
