@@ -30,6 +30,16 @@ __device__ __forceinline__ void store_vec(T* p, const T (&src)[VEC]) {
   *reinterpret_cast<VecT<T, VEC>*>(p) = tmp;
 }
 
+// Float arithmetic rounded step by step (no FMA contraction): kernels that must equal a CPU twin bit for bit.
+__device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
+__device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
+__device__ __forceinline__ float sub_rn(float a, float b) { return __fsub_rn(a, b); }
+__device__ __forceinline__ double sub_rn(double a, double b) { return __dsub_rn(a, b); }
+__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ float div_rn(float a, float b) { return __fdiv_rn(a, b); }
+__device__ __forceinline__ double div_rn(double a, double b) { return __ddiv_rn(a, b); }
+
 inline bool is_aligned(const void* p, int64_t bytes) { return reinterpret_cast<std::uintptr_t>(p) % bytes == 0; }
 
 __device__ __forceinline__ int64_t clamp_len(const int64_t* lengths, int64_t b, int64_t T) {

@@ -12,11 +12,6 @@
 namespace paraformer_ext {
 namespace {
 
-__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
-__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
-__device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
-__device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
-
 template <typename scalar_t>
 __global__ void dropout_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ residual,
                                scalar_t* __restrict__ out, int64_t n, DropoutKey key, uint32_t threshold,
