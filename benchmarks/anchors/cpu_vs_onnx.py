@@ -191,6 +191,8 @@ def run_threads(a, threads: int, items: dict) -> dict:
             for s in rot:
                 if s not in workers:
                     continue
+                if a.gap_s > 0:  # let the previous system's idle threads park (ONNX Runtime's spin after a run)
+                    time.sleep(a.gap_s)
                 b0 = e2e.machine_busy_s()
                 try:
                     got = ask(workers[s], {"cmd": "call", "item": k}, a.timeout)
@@ -359,6 +361,7 @@ def parse_args(argv=None):
     ap.add_argument("--batch8-long-s", type=float, default=30.0, help="the long batch-8 item: 8 cuts this long (0: none)")
     ap.add_argument("--repeat", type=int, default=5, help="calls per item and system (interleaved rounds); the median is kept")
     ap.add_argument("--systems", nargs="+", default=SYSTEMS, choices=SYSTEMS)
+    ap.add_argument("--gap-s", type=float, default=0.3, help="pause before each call, so the idle threads of the system before it park (ONNX Runtime spins after a run: without a pause the next system pays for it)")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds for one worker answer")
     ap.add_argument("--max-round-s", type=float, default=600.0,
                     help="leave out a system whose warm-up predicts more than this per round (0: never)")
