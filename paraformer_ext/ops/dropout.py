@@ -34,10 +34,6 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def _mix32_int(x: int) -> int:
-    return int(_mix32(torch.tensor([x & _M32], dtype=torch.int64))[0])
-
-
 def _threshold(p: float) -> int:
     t = p * 4294967296.0
     return int(t + 0.5) if t < 4294967294.5 else _M32
@@ -58,8 +54,7 @@ def dropout_mask_ref(numel: int, p: float, seed: int, device=None) -> torch.Tens
     s = seed & 0xFFFFFFFFFFFFFFFF
     k0, k1 = s & _M32, s >> 32
     i = torch.arange(numel, dtype=torch.int64, device=device)
-    hi = i >> 32
-    k0 = (_mix32(hi) ^ k0) if numel > (1 << 32) else torch.full_like(i, k0 ^ _mix32_int(0))
+    k0 = _mix32(i >> 32) ^ k0  # the index's high word folded into the first key (0 below 2^32: mix32(0) = 0)
     h = _mix32((_mix32((i & _M32) ^ k0) + k1) & _M32)
     return h >= _threshold(p)
 

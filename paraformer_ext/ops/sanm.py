@@ -76,14 +76,13 @@ def _fsmn(fsmn, v: torch.Tensor, w: torch.Tensor, lengths: torch.Tensor | None, 
           residual: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`fsmn` (fsmn_memory_ref or _fn) over whole sequences (lengths (B,) or None) or, with lengths (B, n), over
     each of the n chunks of T / n frames alone, zero outside it: what the zeroed shift rows between chunks make of
-    FunASR's FSMN in the chunk-masked training encoder (training/streaming.py). Chunks are views, not copies."""
+    FunASR's FSMN in the chunk-masked training encoder (training/streaming.py)."""
     if lengths is None or lengths.dim() == 1:
         return fsmn(v, w, lengths, left, residual, bias)
     B, T, D = v.shape
     n = lengths.size(1)
     chunks = lambda t: None if t is None else t.reshape(B * n, T // n, D)  # noqa: E731
     return fsmn(chunks(v), w, lengths.reshape(-1), left, chunks(residual), bias).reshape(B, T, D)
-
 
 
 def sanm_self_attention_ref(attn, x: torch.Tensor, lengths: torch.Tensor | None, key_mask: torch.Tensor | None,

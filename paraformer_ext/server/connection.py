@@ -51,6 +51,10 @@ class _PcmReader:
         self.total += n // 2
         return np.frombuffer(data[:n], dtype="<i2")
 
+    def end_warning(self) -> str | None:
+        """What the end result says when the audio ended in the middle of a sample."""
+        return "the audio ended with an odd byte (half a 16-bit sample); it was dropped" if self.carry else None
+
 
 class _Offline:
     """An offline utterance: every byte is kept until the end message, then recognized as a whole file."""
@@ -74,8 +78,7 @@ class _Offline:
         warning = None
         try:
             if self.pcm is not None:
-                if self.pcm.carry:
-                    warning = "the audio ended with an odd byte (half a 16-bit sample); it was dropped"
+                warning = self.pcm.end_warning()
                 samples = np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.int16)
                 # the whole utterance at once, as `transcribe` reads a file: same samples, same resampling
                 wave = load_audio(samples, sample_rate=u.audio_fs, target_sr=srv.sample_rate) if samples.size else None
@@ -226,18 +229,15 @@ class _Stream:
         if self.stream_only:
             # FunASR's is_final chunk: the rest of the audio, decoded; its text ends the utterance
             self._feed_online(tail, final=True)
-            self.ostream = None
-            warning = "the audio ended with an odd byte (half a 16-bit sample); it was dropped" if self.pcm.carry else None
-            self.conn.enqueue(_Item("end", self, is_end=is_end, warning=warning))
-            return
-        self.ostream = None  # 2pass: the open segment's stream is not finished (its last text is not sent)
-        try:
-            await self._add(tail, final=True)
-        except Exception as e:  # the VAD failing is this utterance's problem only
-            log.exception("VAD failed")
-            self.conn.enqueue(_Item("error", self, code="internal", message=f"voice activity detection failed: {e}"))
-        warning = "the audio ended with an odd byte (half a 16-bit sample); it was dropped" if self.pcm.carry else None
-        self.conn.enqueue(_Item("end", self, is_end=is_end, warning=warning))
+        else:
+            self.ostream = None  # 2pass: the open segment's stream is not finished (its last text is not sent)
+            try:
+                await self._add(tail, final=True)
+            except Exception as e:  # the VAD failing is this utterance's problem only
+                log.exception("VAD failed")
+                self.conn.enqueue(_Item("error", self, code="internal", message=f"voice activity detection failed: {e}"))
+        self.ostream = None
+        self.conn.enqueue(_Item("end", self, is_end=is_end, warning=self.pcm.end_warning()))
 
 
 class Connection:
@@ -325,7 +325,7 @@ class Connection:
         # compiling a new list costs ~50 ms per 1,000 words: not on the event loop, which serves every
         # connection; the VAD's single thread also keeps the graph cache single-threaded
         graph = await self.server.in_vad_thread(self.server.hotword_graph, u.hotwords) if u.hotwords else None
-        ostream = self.server.new_online_stream(u) if u.mode != "offline" else None
+        ostream = self.server.new_online_stream(u)  # None in offline mode or without --online-model
         if self.utt is not None:
             # a new first message while one is open: FunASR clients reuse a connection this way; the open
             # utterance ends here as if its end message had come

@@ -119,6 +119,12 @@ class ChunkLayout(NamedTuple):
     def n(self) -> int:
         return self.frames.size(0)
 
+    def rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(chunk index, row within the chunk) of each of the n·C rows."""
+        g, dev = self.geometry, self.lengths.device
+        return (torch.arange(self.n, device=dev).repeat_interleave(g.chunk),
+                torch.arange(g.chunk, device=dev).repeat(self.n))
+
     def valid(self) -> torch.Tensor:
         """(B, n·C) bool: rows FunASR counts as the utterance's (keys it may attend to)."""
         C = self.geometry.chunk
@@ -160,10 +166,8 @@ def encoder_attention_mask(layout: ChunkLayout) -> torch.Tensor:
     """(B, n·C, n·C) bool, FunASR's mask_att_chunk_encoder × key padding: a row sees its own chunk; rows i < S also
     see rows i' < S of the E previous chunks. Padded query rows see their own chunk, padded or not, so that no
     row is empty (their output is never read)."""
-    g, n = layout.geometry, layout.n
-    dev = layout.lengths.device
-    j = torch.arange(n, device=dev).repeat_interleave(g.chunk)
-    i = torch.arange(g.chunk, device=dev).repeat(n)
+    g = layout.geometry
+    j, i = layout.rows()
     back = j[:, None] - j[None, :]
     first = (i < g.stride)
     pattern = (back == 0) | ((back > 0) & (back <= g.encoder_look_back) & first[:, None] & first[None, :])
@@ -188,10 +192,8 @@ def token_chunks(alphas: torch.Tensor, lengths: torch.Tensor, target_lengths: to
 def decoder_memory_mask(layout: ChunkLayout, chunks: torch.Tensor) -> torch.Tensor:
     """(B, L, n·C) bool, FunASR's build_scama_mask_for_cross_attention_decoder (attention_chunk_type "chunk") ×
     the encoder padding: position k sees the valid rows of its chunk c and the stride rows of chunks c − D … c − 1."""
-    g, n = layout.geometry, layout.n
-    dev = chunks.device
-    j = torch.arange(n, device=dev).repeat_interleave(g.chunk)
-    i = torch.arange(g.chunk, device=dev).repeat(n)
+    g = layout.geometry
+    j, i = layout.rows()
     stride_row = (i >= g.pad_left) & (i < g.pad_left + g.stride)
     back = chunks[:, :, None] - j[None, None, :]
     see = (back == 0) | ((back > 0) & (back <= g.decoder_look_back) & stride_row[None, None, :])
