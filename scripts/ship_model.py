@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from paraformer_ext.bundled import sha256_file  # noqa: E402
-from paraformer_ext.data.corpus import installed_variants  # noqa: E402
+from paraformer_ext.data.corpus import PITCH_RANGES, SPEED_RANGE, installed_variants  # noqa: E402
 from paraformer_ext.data.evaluate import evaluate, read_rows, timestamp_error  # noqa: E402
 from paraformer_ext.default_model import DEFAULT_DIR  # noqa: E402
 from paraformer_ext.recognizer import load  # noqa: E402
@@ -98,8 +98,9 @@ speech ({corpus_info['splits']['train']['utterances']} utterances), {corpus_info
 held-out test utterances whose texts never occur in training. Texts: words sampled from jieba's dict.txt (MIT)
 by frequency^0.5, 8–16 characters, the 3000 most frequent characters; speech: pypinyin (MIT) tone-numbered pinyin
 spoken by espeak-ng's `cmn-latn-pinyin` voice (the espeak-ng program, GPL-3.0, is called, not shipped) with
-{len(corpus_info['variants'])} voice variants, speed 120–210, pitch 20–80, sox reverb / band limits and
-white/pink/brown noise at 10–40 dB SNR.
+{len(corpus_info['variants'])} voice variants (those whose tones come through: benchmarks/espeak_tones.py), speed
+{SPEED_RANGE[0]}–{SPEED_RANGE[1]}, pitch 20–80, tone excursions widened by SSML prosody range {' / '.join(PITCH_RANGES)},
+sox reverb / band limits and white/pink/brown noise at 10–40 dB SNR.
 
 ## Held-out results (this model, CPU, `scripts/ship_model.py`)
 - Test CER: **{test['cer']:.2%}** ({test['chars']} characters; substitutions {test['sub']}, deletions

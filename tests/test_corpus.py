@@ -56,7 +56,9 @@ def test_conditions_seeded_and_varied():
     assert a == [corpus.draw_condition(0, "train", i, variants) for i in range(300)]
     assert a != [corpus.draw_condition(0, "test", i, variants) for i in range(300)]
     assert {c["voice"] for c in a} == set(variants)
-    assert all(120 <= c["speed"] <= 210 and 20 <= c["pitch"] <= 80 for c in a)
+    lo, hi = corpus.SPEED_RANGE
+    assert all(lo <= c["speed"] <= hi and 20 <= c["pitch"] <= 80 for c in a)
+    assert {c["range"] for c in a} == set(corpus.PITCH_RANGES)
     assert all(c["effects"][:2] == ["gain", "-3"] for c in a)
     snr = [c["snr_db"] for c in a if c["noise"]]
     assert snr and all(10 <= s <= 40 for s in snr) and any(c["noise"] is None for c in a)
@@ -147,3 +149,36 @@ def test_syllable_by_syllable_bounds_hold_the_speech():
         inside[s * 16: e * 16] = True
     # the pauses between the syllables are digital silence (noise off); the syllables are not
     assert np.abs(audio[~inside]).max() < 1e-3 < np.abs(audio[inside]).max()
+
+
+def test_kept_variants_are_not_the_toneless_ones():
+    assert not set(corpus.VARIANTS) & set(corpus.TONELESS_VARIANTS)
+
+
+@needs_tools
+def test_tones_come_through_widened_and_not_for_a_flat_voice():
+    from paraformer_ext.data import tones
+
+    rise, fall = tones.tone_excursions("m3", "medium")
+    wide_rise, wide_fall = tones.tone_excursions("m3", "x-high")
+    assert rise > 1.5 and fall < -1.5
+    assert wide_rise > 1.5 * rise and wide_fall < 1.3 * fall  # the SSML range reaches espeak-ng
+    flat_rise, flat_fall = tones.tone_excursions("Alex", "x-high")  # pitch span 105-115 Hz
+    assert flat_rise < 1.5 and flat_fall > -1.5
+
+
+def test_contour_change_reads_a_rise_a_fall_and_octave_errors():
+    from paraformer_ext.data import tones
+
+    sr = 16000
+    t = np.arange(int(0.3 * sr)) / sr
+    for f_start, f_end in ((150.0, 190.0), (190.0, 150.0)):
+        f = np.linspace(f_start, f_end, t.size)
+        x = 0.5 * np.sin(2 * np.pi * np.cumsum(f) / sr)
+        track = tones.f0_track(x, sr)
+        assert len(track) > 20
+        assert abs(tones.contour_change(track) - 0.75 * 12 * np.log2(f_end / f_start)) < 0.5
+    steady = np.full(40, 100.0)
+    steady[5] = 400.0  # an octave error is dropped, not read as a rise
+    assert abs(tones.contour_change(steady)) < 0.1
+    assert np.isnan(tones.contour_change(np.array([100.0, 101.0])))

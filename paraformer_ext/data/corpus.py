@@ -28,14 +28,22 @@ MIN_CHARS, MAX_CHARS = 8, 16
 SECONDS_PER_CHAR = 0.32  # measured mean (training.md §5): sizes the number of utterances for --hours
 VOCAB_SIZE = 3000
 MIN_WORD_FREQ = 50
-# espeak-ng variants that are not MBROLA voices and do not whisper or croak (unintelligible on purpose);
-# the corpus uses those of them that the installed espeak-ng has
+# espeak-ng variants that are not MBROLA voices and do not whisper or croak (unintelligible on purpose), less
+# those whose tones do not come through (benchmarks/espeak_tones.py: tone 2 rises < 1.5 or tone 4 falls < 1.5
+# semitones at both SSML ranges the corpus uses; e.g. Alex's pitch span is 105-115 Hz, aunty's is inverted;
+# Michael's exception is in that script):
+# Mandarin is tonal, and a corpus of flattened tones teaches a model to guess them (33 % of characters did).
+# The corpus uses those of them that the installed espeak-ng has.
 VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "f1", "f2", "f3", "f4", "f5", "klatt", "klatt2",
-            "klatt3", "klatt4", "klatt6", "adam", "Alex", "Alicia", "Andy", "Annie", "antonio", "aunty",
-            "belinda", "benjamin", "boris", "caleb", "david", "Denis", "edward", "Gene", "grandma", "grandpa",
-            "gustave", "Henrique", "Hugo", "iven", "iven2", "Jacky", "john", "Lee", "linda", "Marco", "max",
-            "Michael", "michel", "Mike", "norbert", "paul", "pedro", "quincy", "rob", "robert", "steph", "steph2",
-            "travis", "victor", "zac")
+            "klatt3", "klatt4", "klatt6", "adam", "Alicia", "antonio", "belinda", "benjamin", "caleb", "david",
+            "Denis", "edward", "Gene", "grandma", "Henrique", "Hugo", "iven", "iven2", "john", "Lee", "linda",
+            "Marco", "michel", "Mike", "norbert", "steph", "steph2", "travis", "victor", "zac")
+TONELESS_VARIANTS = ("Alex", "Andy", "Annie", "aunty", "boris", "grandpa", "gustave", "Jacky", "max", "Michael",
+                     "paul", "pedro", "quincy", "rob", "robert")
+# espeak-ng's default tone excursions are 2-3 semitones (tone 2 of `ma2`: 151 -> 185 Hz on f2); real Mandarin's
+# span about an octave. SSML's prosody range widens them 1.5x ("high") and 2x ("x-high").
+PITCH_RANGES = ("high", "x-high")
+SPEED_RANGE = (120, 180)  # words/min; faster than ~180 squeezes a syllable's contour into < 0.2 s
 INSTALL = ("apt-get install -y espeak-ng sox (Debian/Ubuntu), then pip install 'paraformer_ext[corpus]' "
            "for pypinyin and jieba")
 
@@ -168,8 +176,10 @@ def _colored_noise(n: int, kind: str, rng: np.random.Generator) -> np.ndarray:
 def draw_condition(seed: int, split: str, index: int, variants: list[str]) -> dict:
     """Voice, speed, pitch, sox effects and noise of one utterance: a function of (seed, split, index)."""
     rng = _rng(seed, split, index, "speech")
-    cond = {"voice": variants[int(rng.integers(len(variants)))], "speed": int(rng.integers(120, 211)),
-            "pitch": int(rng.integers(20, 81)), "effects": ["gain", "-3"]}  # headroom first: clipping otherwise
+    cond = {"voice": variants[int(rng.integers(len(variants)))],
+            "speed": int(rng.integers(SPEED_RANGE[0], SPEED_RANGE[1] + 1)),
+            "pitch": int(rng.integers(20, 81)), "range": PITCH_RANGES[int(rng.integers(len(PITCH_RANGES)))],
+            "effects": ["gain", "-3"]}  # headroom first: clipping otherwise
     if rng.random() < 0.3:
         cond["effects"] += ["reverb", str(int(rng.integers(10, 60)))]
     r = rng.random()
@@ -186,8 +196,9 @@ def draw_condition(seed: int, split: str, index: int, variants: list[str]) -> di
 def synthesize(syllables: list[str], cond: dict) -> np.ndarray:
     """espeak-ng → sox (effects, 16 kHz) → noise at the drawn SNR: float32 samples."""
     voice = f"cmn-latn-pinyin+{cond['voice']}"
-    tts = subprocess.run(["espeak-ng", "-v", voice, "-s", str(cond["speed"]), "-p", str(cond["pitch"]), "--stdout",
-                          " ".join(syllables)], capture_output=True, check=True)
+    text = f'<speak><prosody range="{cond.get("range", "medium")}">{" ".join(syllables)}</prosody></speak>'
+    tts = subprocess.run(["espeak-ng", "-m", "-v", voice, "-s", str(cond["speed"]), "-p", str(cond["pitch"]),
+                          "--stdout", text], capture_output=True, check=True)
     fx = subprocess.run(["sox", "-t", "wav", "-", "-t", "raw", "-e", "floating-point", "-b", "32", "-c", "1",
                          "-r", str(SAMPLE_RATE), "-", *cond["effects"]], input=tts.stdout, capture_output=True,
                         check=True)
@@ -251,7 +262,7 @@ def _one(job) -> dict:
         n = sf.info(path).frames
     return {"key": f"{split}{index:06d}", "source": rel, "source_len": int(round(n / SAMPLE_RATE * 1000)),
             "target": text, "target_len": len(text), "pinyin": " ".join(syls),
-            **{k: cond[k] for k in ("voice", "speed", "pitch", "noise", "snr_db")},
+            **{k: cond[k] for k in ("voice", "speed", "pitch", "range", "noise", "snr_db")},
             "effects": " ".join(cond["effects"][2:])}
 
 
