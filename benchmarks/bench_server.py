@@ -7,7 +7,10 @@ and against the same server recognizing one connection's segment at a time (batc
 The server runs in this process (a thread with its event loop, the worker thread); the clients run in a child
 process, so that their work does not share this interpreter's lock. Reports, per run: throughput (audio seconds
 per wall second, from the first connection to the last final result), p50/p95 latency from the end message to
-the final result, the server process's RSS, and whether every transcript equals the engine's.
+the final result, the server process's RSS, and whether every transcript equals the engine's. A third run has
+every client send as fast as possible (throughput without the pacing). And the ceilings of the two ratios on
+this machine: the engine's own gain from batching (the same files, one per call: a server that batches cannot
+beat one that does not by much more) and the pacing floor (paced_floor_s).
 """
 from __future__ import annotations
 
@@ -62,6 +65,14 @@ def clients_main(uri: str, files: list[str], realtime_every: int) -> None:
     rs, wall = asyncio.run(go())
     print(json.dumps({"wall_s": wall, "results": [{"key": r["wav_name"], "text": r.get("text"), "error": r.get("error"),
                                                     "latency_s": r.get("latency_s")} for r in rs]}, ensure_ascii=False))
+
+
+def paced_floor_s(paced_durations: list[float], engine_audio_s_per_s: float) -> float:
+    """The earliest any server can finish when clients send these files in real time: a file cannot be started
+    before its last byte arrives, so for each arrival time t, everything arriving at t or later still needs its
+    audio / (the engine's batched speed) after t. (The files sent as fast as possible arrive at once.)"""
+    d = sorted(paced_durations)
+    return max((t + sum(d[i:]) / engine_audio_s_per_s for i, t in enumerate(d)), default=0.0)
 
 
 def run_server(asr, vad, files, audio_s, expected, realtime_every, **options) -> dict:
@@ -129,15 +140,31 @@ def main() -> None:
         engine = {"wall_s": engine_wall, "throughput_audio_s_per_s": audio_s / engine_wall}
         print(f"engine (batched, offline): {audio_s:.0f} s of audio in {engine_wall:.1f} s = "
               f"{engine['throughput_audio_s_per_s']:.1f} audio-s/s", flush=True)
+        t0 = time.perf_counter()
+        for f in files:  # what batching can gain at most: the same engine, one file per call
+            asr.transcribe([f], timestamps=True)
+        one_wall = time.perf_counter() - t0
+        engine_one = {"wall_s": one_wall, "throughput_audio_s_per_s": audio_s / one_wall}
+        print(f"engine (one file per call): {engine_one['throughput_audio_s_per_s']:.1f} audio-s/s", flush=True)
+        floor_s = paced_floor_s([sf.info(str(f)).duration for i, f in enumerate(files) if i % a.realtime_every == 0],
+                                engine["throughput_audio_s_per_s"])
+        print(f"pacing floor: no server at the engine's batched speed ends before {floor_s:.1f} s", flush=True)
         runs = {}
-        for name, opts in (("server_batched", {}), ("server_one_at_a_time", {"max_batch_size": 1, "max_wait_s": 0.0})):
-            runs[name] = r = run_server(asr, vad, files, audio_s, expected, a.realtime_every, **opts)
+        for name, every, opts in (("server_batched", a.realtime_every, {}),
+                                  ("server_one_at_a_time", a.realtime_every, {"max_batch_size": 1, "max_wait_s": 0.0}),
+                                  ("server_batched_unpaced", a.connections + 1, {})):
+            runs[name] = r = run_server(asr, vad, files, audio_s, expected, every, **opts)
             print(f"{name}: {r['throughput_audio_s_per_s']:.1f} audio-s/s, p50 {r['latency_p50_s']:.2f} s, "
                   f"p95 {r['latency_p95_s']:.2f} s, {r['segments']} segments in {r['batches']} batches, peak RSS "
                   f"{r['peak_rss_mb']:.0f} MB, transcripts equal the engine's: {r['transcripts_equal_engine']}", flush=True)
     b, s = runs["server_batched"], runs["server_one_at_a_time"]
     summary = {"batched_vs_engine": b["throughput_audio_s_per_s"] / engine["throughput_audio_s_per_s"],
-               "batched_vs_one_at_a_time": b["throughput_audio_s_per_s"] / s["throughput_audio_s_per_s"]}
+               "batched_vs_one_at_a_time": b["throughput_audio_s_per_s"] / s["throughput_audio_s_per_s"],
+               # ceilings of the two ratios on this machine: the engine's own batching gain, and the pacing floor
+               "engine_batched_vs_one_per_call": engine["throughput_audio_s_per_s"] / engine_one["throughput_audio_s_per_s"],
+               "paced_floor_s": floor_s, "batched_vs_paced_ceiling": b["throughput_audio_s_per_s"] / (audio_s / floor_s),
+               "unpaced_batched_vs_engine": runs["server_batched_unpaced"]["throughput_audio_s_per_s"]
+               / engine["throughput_audio_s_per_s"]}
     print(json.dumps(summary))
     if a.out:
         meta = {"command": "benchmarks/bench_server.py " + " ".join(sys.argv[1:]), "preset": a.preset,
@@ -145,7 +172,8 @@ def main() -> None:
                 "audio_s": audio_s, "cpu": platform.machine(), "torch": torch.__version__,
                 "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "load_avg_at_end": os.getloadavg(),
                 "note": a.note}
-        Path(a.out).write_text(json.dumps({"meta": meta, "engine": engine, **runs, "summary": summary}, indent=1,
+        Path(a.out).write_text(json.dumps({"meta": meta, "engine": engine, "engine_one_per_call": engine_one, **runs,
+                                          "summary": summary}, indent=1,
                                           ensure_ascii=False) + "\n")
 
 
