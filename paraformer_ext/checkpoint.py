@@ -122,10 +122,14 @@ def _list(keys: list[str], limit: int = 12) -> str:
     return head + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def load_state_dict_strict(module: torch.nn.Module, sd: dict[str, torch.Tensor], source: str, prefix: str = "") -> None:
+def load_state_dict_strict(module: torch.nn.Module, sd: dict[str, torch.Tensor], source: str, prefix: str = "",
+                           assign: bool = False) -> None:
     """Copy `sd` into `module`; any missing key, unexpected key or shape mismatch is a ModelLoadError naming
     them (except a missing `decoder.embed`, see `fill_training_embed`). `source` names the file in the
-    message; `prefix` is what sd's keys carry before the module's own (FunASR's VAD checkpoint: "encoder.")."""
+    message; `prefix` is what sd's keys carry before the module's own (FunASR's VAD checkpoint: "encoder.").
+    assign: the module takes sd's tensors themselves instead of copies (for a module laid out on the meta
+    device: the weights are in memory once, not twice); a tensor whose dtype differs from the module's is cast,
+    as the copy would."""
     sd = fill_training_embed(module, sd, source)
     own = {prefix + k: t for k, t in module.state_dict().items()}
     missing = [k for k in own if k not in sd]
@@ -141,6 +145,9 @@ def load_state_dict_strict(module: torch.nn.Module, sd: dict[str, torch.Tensor],
             parts.append(f"  shape mismatches ({len(mismatched)}): {_list(mismatched, 6)}")
         parts.append("  (FunASR would load this silently and leave those weights random; check that the files belong together)")
         raise ModelLoadError("\n".join(parts))
+    if assign:
+        module.load_state_dict({k[len(prefix):]: sd[k].to(t.dtype) for k, t in own.items()}, strict=True, assign=True)
+        return
     with torch.no_grad():
         for k, t in own.items():
             t.copy_(sd[k])
@@ -166,7 +173,9 @@ def fill_training_embed(module: torch.nn.Module, sd: dict[str, torch.Tensor], so
         sd[TRAINING_EMBED] = out.detach().clone()
         how = "initialised as a copy of decoder.output_layer.weight (tied initialisation)"
     else:
-        sd[TRAINING_EMBED] = own[TRAINING_EMBED].detach().clone()
+        mine = own[TRAINING_EMBED]
+        # a module on the meta device has no values: nn.Embedding's own initialisation, N(0, 1)
+        sd[TRAINING_EMBED] = torch.empty(shape, dtype=mine.dtype).normal_() if mine.is_meta else mine.detach().clone()
         got = "missing" if out is None else f"{tuple(out.shape)}"
         how = f"initialised at random (decoder.output_layer.weight is {got}, not {tuple(shape)})"
     warnings.warn(f"{source} has no {TRAINING_EMBED} (an inference-only export): decoder.embed, which only training's "

@@ -260,8 +260,7 @@ def load_int8(cfg, weights: Path, output_layer: bool = False, quantized_path=Non
     if payload is not None:
         with torch.device("meta"):
             model = prepare_int8_shells(Paraformer(cfg), payload["quantization"])
-        model = model.to_empty(device="cpu")
-        load_state_dict_strict(model, payload["state_dict"], str(path))
+        load_state_dict_strict(model, payload["state_dict"], str(path), assign=True)
         return model
     model = Paraformer(cfg)
     load_state_dict_strict(model, read_state_dict(weights), str(weights))

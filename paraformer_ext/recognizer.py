@@ -119,8 +119,9 @@ class Recognizer:
             )
         cfg = build_config(files, len(tokens), frontend.output_size)
         if quantize is None:
-            model = Paraformer(cfg)
-            load_state_dict_strict(model, read_state_dict(files.weights), str(files.weights))
+            with torch.device("meta"):  # no random initialisation to overwrite; the weights are held once
+                model = Paraformer(cfg)
+            load_state_dict_strict(model, read_state_dict(files.weights), str(files.weights), assign=True)
         elif quantize == "int8":
             from .quantize import load_int8
 

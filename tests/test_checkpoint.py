@@ -199,3 +199,37 @@ def test_missing_embed_with_mismatched_output_layer_keeps_random_init():
     with pytest.raises(ModelLoadError, match="decoder.embed.0.weight"):
         load_state_dict_strict(m, {**sd, "decoder.embed.1.weight": torch.zeros(10, 4)}, "toy.pt")
     assert fill_training_embed(m, {**sd, "decoder.embed.0.weight": before}, "toy.pt")["decoder.embed.0.weight"] is before
+
+
+def test_assign_on_the_meta_device_holds_the_weights_once():
+    from paraformer_ext.checkpoint import load_state_dict_strict
+
+    class Decoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Sequential(torch.nn.Embedding(10, 4))
+            self.output_layer = torch.nn.Linear(4, 12)
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.decoder = Decoder()
+
+    with torch.device("meta"):
+        m = Model()
+    sd = {"decoder.output_layer.weight": torch.randn(12, 4), "decoder.output_layer.bias": torch.randn(12).double()}
+    with pytest.warns(UserWarning, match="at random"):
+        load_state_dict_strict(m, sd, "toy.pt", assign=True)
+    assert m.decoder.output_layer.weight.data_ptr() == sd["decoder.output_layer.weight"].data_ptr()  # not a copy
+    assert m.decoder.output_layer.bias.dtype == torch.float32  # cast to the module's dtype, as a copy would be
+    assert torch.equal(m.decoder.output_layer.bias, sd["decoder.output_layer.bias"].float())
+    emb = m.decoder.embed[0].weight
+    assert not emb.is_meta and torch.isfinite(emb).all() and 0.5 < float(emb.std()) < 1.5  # N(0, 1), not meta
+    assert not any(t.is_meta for t in m.state_dict().values())
+
+
+def test_load_gives_the_checkpoint_weights_with_nothing_left_on_meta(ckpt):
+    sd = read_state_dict(ckpt / "model.pt")
+    m = load(ckpt).model
+    assert all(torch.equal(m.state_dict()[k], v) for k, v in sd.items())
+    assert not any(t.is_meta for t in list(m.parameters()) + list(m.buffers()))

@@ -45,3 +45,24 @@ def test_without_a_shipped_model_the_cli_says_so(tmp_path, monkeypatch, capsys):
     sf.write(wav, synthetic_speech(1.0, 1), 16000)
     assert main(["transcribe", str(wav)]) == 2
     assert "pass a FunASR model directory" in capsys.readouterr().err
+
+
+shipped = pytest.mark.skipif(not (default_model.DEFAULT_DIR / "SHA256SUMS").is_file(),
+                             reason="no model shipped in this checkout yet (scripts/ship_model.py makes it)")
+
+
+@shipped
+def test_the_shipped_model_transcribes_its_example_exactly(capsys):
+    d = default_model.DEFAULT_DIR
+    expected = (d / "example.txt").read_text(encoding="utf-8").strip()
+    assert main(["transcribe", str(d / "example.wav")]) == 0  # no --model: the shipped one
+    out = capsys.readouterr().out
+    assert expected in out.replace(" ", "")
+    r = paraformer_ext.load().transcribe(str(d / "example.wav"), timestamps=True)[0]
+    assert r["text"].replace(" ", "") == expected
+    assert len(r["timestamp"]) == len(expected)
+    import soundfile as sf
+
+    starts = [s for s, _ in r["timestamp"]]
+    assert starts == sorted(starts) and starts[0] >= 0
+    assert r["timestamp"][-1][1] <= 1000 * sf.info(str(d / "example.wav")).duration + 100
