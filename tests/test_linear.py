@@ -119,3 +119,32 @@ def test_packed_weights_give_the_same_result(monkeypatch):
         packed = (L.linear_fn(lin, x), L.linear_fn(lin, x, residual=res), L.linear_fn(lin, x, relu=True))
     for a, b in zip(plain, packed):
         assert rel(a, b) < 1e-6
+
+
+@pytest.mark.parametrize("m", [1, 15, 16, 17, 1024, 1025])
+@pytest.mark.parametrize("mode", ["plain", "relu", "residual", "gemm_into"])
+def test_row_bucketing_changes_no_row(monkeypatch, m, mode):
+    """Padding M to a multiple of ROW_BUCKET (small layers, oneDNN) gives the unpadded rows, the right shape and a
+    contiguous output; a large layer is not padded."""
+    from paraformer_ext.ops import linear
+
+    lin = _lin(64, 96, True, torch.float32, "cpu")
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(m, 64, generator=g)
+    res = torch.randn(m, 96, generator=g)
+
+    def run():
+        with torch.no_grad():
+            if mode == "gemm_into":
+                return linear.gemm_into(res + lin.bias, lin, x)
+            return linear_fn(lin, x, residual=res if mode == "residual" else None, relu=mode == "relu")
+
+    big = nn.Linear(512, 512)
+    assert linear._bucket_rows(torch.randn(17, 512), big).shape == (17, 512)  # K x N >= SMALL_GEMM
+    assert linear._bucket_rows(torch.randn(17, 64), lin).shape == (32, 64)
+    assert linear._bucket_rows(torch.randn(1025, 64), lin).shape == (1025, 64)  # over PAD_ROWS_MAX
+    padded = run()
+    monkeypatch.setattr(linear, "ROW_BUCKET", 1)
+    plain = run()
+    assert padded.shape == plain.shape == (m, 96) and padded.is_contiguous()
+    torch.testing.assert_close(padded, plain, rtol=1e-6, atol=1e-6)

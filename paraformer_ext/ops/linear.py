@@ -85,6 +85,27 @@ def linear_ref(lin: nn.Module, x: torch.Tensor, residual: torch.Tensor | None = 
     return y if residual is None else residual + y
 
 
+# oneDNN builds (JIT-compiles) a primitive for every new GEMM shape and caches it; each new utterance length is
+# a new M. For small layers the build costs about as much as the GEMM: a batch-1 call of the 3.8 M-parameter
+# default model's geometry took 16.1 ms on lengths never seen and 10.4 ms on repeated ones (2 threads, Xeon;
+# benchmarks/bench_new_lengths.py). There M is padded with zero rows to a multiple of ROW_BUCKET (up to
+# PAD_ROWS_MAX rows), so lengths share primitives: 11.9 ms new, 11.3 ms repeated. Layers of K x N >= SMALL_GEMM
+# (paraformer-large's) are left alone: their build is a small share of a call even when every length is new,
+# while the padding would cost up to ROW_BUCKET / M of every call. Rows are independent in a GEMM: the padding
+# changes no real row's result.
+ROW_BUCKET = 16
+PAD_ROWS_MAX = 1024
+SMALL_GEMM = 1 << 18
+
+
+def _bucket_rows(x2: torch.Tensor, lin: nn.Linear) -> torch.Tensor:
+    m = x2.size(0)
+    pad = -m % ROW_BUCKET
+    if pad == 0 or m > PAD_ROWS_MAX or lin.in_features * lin.out_features >= SMALL_GEMM:
+        return x2 if x2.is_contiguous() else x2.contiguous()
+    return torch.cat([x2, x2.new_zeros(pad, x2.size(1))])
+
+
 def linear_fn(lin: nn.Module, x: torch.Tensor, residual: torch.Tensor | None = None, relu: bool = False,
               norm: nn.Module | None = None) -> torch.Tensor:
     """Fused twin of `linear_ref` (same arguments, same result up to the GEMM's rounding). A Linear-like module
@@ -101,16 +122,15 @@ def linear_fn(lin: nn.Module, x: torch.Tensor, residual: torch.Tensor | None = N
         x = norm(x)
     if uses_onednn(lin, x):
         shape = x.shape[:-1]
-        x2 = x.reshape(-1, x.size(-1))
-        if not x2.is_contiguous():
-            x2 = x2.contiguous()
+        m = shape.numel()
+        x2 = _bucket_rows(x.reshape(-1, x.size(-1)), lin)
         w = _packed_weight(lin)
         if residual is not None:
-            r2 = residual.reshape(-1, residual.size(-1))
-            y = torch.ops.mkldnn._linear_pointwise.binary(x2, r2.contiguous(), w, lin.bias, "add")
+            r2 = _bucket_rows(residual.reshape(-1, residual.size(-1)), lin)
+            y = torch.ops.mkldnn._linear_pointwise.binary(x2, r2, w, lin.bias, "add")
         else:
             y = torch.ops.mkldnn._linear_pointwise(x2, w, lin.bias, "relu" if relu else "none", [], "")
-        return y.view(*shape, y.size(-1))
+        return y[:m].view(*shape, y.size(-1))
     if residual is None:
         y = F.linear(x, lin.weight, lin.bias)
         return torch.relu_(y) if relu else y
@@ -124,10 +144,11 @@ def gemm_into(base: torch.Tensor, lin: nn.Linear, x: torch.Tensor) -> torch.Tens
     """base + x @ W.T for an nn.Linear whose bias (and whatever else is to be added) base already holds;
     base is a fresh contiguous tensor that may be overwritten."""
     if uses_onednn(lin, x):
-        x2 = x.reshape(-1, x.size(-1))
-        y = torch.ops.mkldnn._linear_pointwise.binary(x2.contiguous(), base.view(-1, base.size(-1)),
+        m = base.shape[:-1].numel()
+        y = torch.ops.mkldnn._linear_pointwise.binary(_bucket_rows(x.reshape(-1, x.size(-1)), lin),
+                                                       _bucket_rows(base.view(-1, base.size(-1)), lin),
                                                        _packed_weight(lin), None, "add")
-        return y.view(base.shape)
+        return y[:m].view(base.shape)
     if torch.is_autocast_enabled(x.device.type):  # autocast casts F.linear's inputs, not an in-place addmm_'s
         return base + F.linear(x, lin.weight)
     base.view(-1, base.size(-1)).addmm_(x.reshape(-1, x.size(-1)), lin.weight.t())
