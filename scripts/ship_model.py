@@ -83,11 +83,14 @@ def main() -> int:
     training = yaml.safe_load((trained / "training.yaml").read_text(encoding="utf-8")) if (trained / "training.yaml").is_file() else {}
     corpus_info = json.loads((corpus / "corpus.json").read_text(encoding="utf-8"))
     n_params = sum(v.numel() for v in sd.values())
+    cfg = yaml.safe_load((trained / "config.yaml").read_text(encoding="utf-8"))
+    enc, dec = cfg["encoder_conf"], cfg["decoder_conf"]
     card = f"""# zh-synthetic: paraformer_ext's default model
 
-A small Paraformer ({n_params / 1e6:.2f} M parameters in this file; architecture
-`paraformer_ext/data/recipes/syn-b.yaml`: d 144, 4 heads, FFN 576, 6 encoder and 4 decoder SAN-M blocks, 3004
-tokens) trained from scratch by paraformer_ext's own trainer on its synthetic Mandarin corpus.
+A small Paraformer ({n_params / 1e6:.2f} M parameters in this file; architecture: d {enc['output_size']},
+{enc['attention_heads']} heads, FFN {enc['linear_units']}, {enc['num_blocks']} encoder and {dec['num_blocks']} decoder SAN-M
+blocks, {len(json.loads((trained / 'tokens.json').read_text(encoding='utf-8')))} tokens; the recipe
+`paraformer_ext/data/recipes/syn-c.yaml`) trained from scratch by paraformer_ext's own trainer on its synthetic Mandarin corpus.
 
 **It knows only espeak-ng synthetic speech.** It has never heard a human voice; on real speech its output is
 meaningless. For real Mandarin use a FunASR model directory (`paraformer_ext.load(DIR)`).
