@@ -85,6 +85,9 @@ def run_server(asr, vad, files, audio_s, expected, realtime_every, **options) ->
     asyncio.run_coroutine_threadsafe(srv.start(), loop).result(120)
     reset_peak_rss()
     rss_before = proc_status_mb("VmRSS")
+    import resource
+
+    cpu0 = (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN))
     try:
         r = subprocess.run([sys.executable, __file__, "--clients", f"ws://127.0.0.1:{srv.port}",
                             "--realtime-every", str(realtime_every), *map(str, files)],
@@ -93,6 +96,8 @@ def run_server(asr, vad, files, audio_s, expected, realtime_every, **options) ->
         asyncio.run_coroutine_threadsafe(srv.shutdown(), loop).result(120)
         loop.call_soon_threadsafe(loop.stop)
         th.join()
+    cpu1 = (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN))
+    cpu = [(b.ru_utime + b.ru_stime) - (a.ru_utime + a.ru_stime) for a, b in zip(cpu0, cpu1)]
     out = json.loads(r.stdout.splitlines()[-1])
     lat = sorted(x["latency_s"] for x in out["results"] if x["latency_s"] is not None)
     mismatched = [x["key"] for x in out["results"] if x["error"] or x["text"] != expected[x["key"]]]
@@ -100,6 +105,9 @@ def run_server(asr, vad, files, audio_s, expected, realtime_every, **options) ->
             "latency_p50_s": statistics.median(lat), "latency_p95_s": lat[int(round(0.95 * (len(lat) - 1)))],
             "batches": srv.worker.batches, "segments": srv.worker.segments,
             "rss_before_mb": rss_before, "peak_rss_mb": peak_rss_mb(),
+            # CPU seconds of this process (server + worker) and of the clients' process: on 2 cores the clients'
+            # share is taken from the server
+            "server_cpu_s": cpu[0], "clients_cpu_s": cpu[1],
             "transcripts_equal_engine": not mismatched, "mismatched": mismatched}
 
 
@@ -133,12 +141,12 @@ def main() -> None:
 
         audio_s = sum(sf.info(str(f)).duration for f in files)
         asr.transcribe(files[:2], timestamps=True)  # warm up
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         ref = asr.transcribe(files, timestamps=True)
-        engine_wall = time.perf_counter() - t0
+        engine_wall, engine_cpu = time.perf_counter() - t0, time.process_time() - c0
         expected = {r["key"]: r["text"] for r in ref}
-        engine = {"wall_s": engine_wall, "throughput_audio_s_per_s": audio_s / engine_wall}
-        print(f"engine (batched, offline): {audio_s:.0f} s of audio in {engine_wall:.1f} s = "
+        engine = {"wall_s": engine_wall, "cpu_s": engine_cpu, "throughput_audio_s_per_s": audio_s / engine_wall}
+        print(f"engine (batched, offline): {audio_s:.0f} s of audio in {engine_wall:.1f} s ({engine_cpu:.1f} CPU s) = "
               f"{engine['throughput_audio_s_per_s']:.1f} audio-s/s", flush=True)
         t0 = time.perf_counter()
         for f in files:  # what batching can gain at most: the same engine, one file per call
@@ -156,7 +164,8 @@ def main() -> None:
             runs[name] = r = run_server(asr, vad, files, audio_s, expected, every, **opts)
             print(f"{name}: {r['throughput_audio_s_per_s']:.1f} audio-s/s, p50 {r['latency_p50_s']:.2f} s, "
                   f"p95 {r['latency_p95_s']:.2f} s, {r['segments']} segments in {r['batches']} batches, peak RSS "
-                  f"{r['peak_rss_mb']:.0f} MB, transcripts equal the engine's: {r['transcripts_equal_engine']}", flush=True)
+                  f"{r['peak_rss_mb']:.0f} MB, CPU s server / clients {r['server_cpu_s']:.1f} / {r['clients_cpu_s']:.1f}, "
+                  f"transcripts equal the engine's: {r['transcripts_equal_engine']}", flush=True)
     b, s = runs["server_batched"], runs["server_one_at_a_time"]
     summary = {"batched_vs_engine": b["throughput_audio_s_per_s"] / engine["throughput_audio_s_per_s"],
                "batched_vs_one_at_a_time": b["throughput_audio_s_per_s"] / s["throughput_audio_s_per_s"],
