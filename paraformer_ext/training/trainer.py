@@ -8,6 +8,7 @@ itself read it.
 """
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -120,7 +121,7 @@ class Trainer:
         self.valid_frames = [self.pipeline.feature_frames(u.samples) for u in self.valid_utts]
         self.opt = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=cfg.lr)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
-        self.loss_fn = lambda *a, **kw: compute_loss(self.model, *a, **kw)  # noqa: E731
+        self.loss_fn = self._plain_loss
         if self.world.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -324,8 +325,10 @@ class Trainer:
 
         main_thread = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, stop) if main_thread else None
+        finished = False
         try:
             self._loop()
+            finished = True
         except KeyboardInterrupt:
             self.opt.zero_grad(set_to_none=True)  # a partial accumulation is dropped; its batches are redone
             if self.world.distributed:
@@ -338,8 +341,18 @@ class Trainer:
         finally:
             if main_thread:
                 signal.signal(signal.SIGTERM, previous)
+            if self.world.distributed:
+                # the DDP reducer holds gloo work on the group: free it, and let every rank arrive, before the
+                # group is destroyed, or a rank can abort at exit (std::terminate on a still-joinable thread)
+                if finished:
+                    distributed.barrier(self.world)
+                self.loss_fn = self._plain_loss
+                gc.collect()
             distributed.shutdown(self.world)
         return self.export() if self.world.main else None
+
+    def _plain_loss(self, *args, **kwargs):
+        return compute_loss(self.model, *args, **kwargs)
 
     def _shard(self, batches: list[list[int]]) -> list[list[int]]:
         """This rank's batches: every world.size-th, the same count on every rank (the rest of the epoch's
