@@ -1,7 +1,7 @@
 """The paper's ablation on the synthetic corpus: the GLM sampler's ratio λ, an MWER fine-tune, the dynamic CIF
 threshold, under one budget (same data, same seed, same epochs per row), scored on the held-out test split.
 
-    .venv/bin/python benchmarks/ablation.py --corpus CORPUS --out RUNS [--epochs 8] [--mwer-epochs 2]
+    .venv/bin/python benchmarks/ablation.py --corpus CORPUS --out RUNS [--epochs 8] [--mwer-epochs 2] [--bf16]
 
 Rows (each one a `paraformer-ext train` command, printed and stored with its result, so every row can be rerun):
   glm-0.00 .. glm-1.00   from scratch with the recipe's architecture (paraformer_ext/data/recipes/syn-b.yaml),
@@ -48,6 +48,8 @@ def train_command(a, out: Path, *, ratio: float | None = None, init: Path | None
         cmd += ["--sampling-ratio", str(ratio)]
     if mwer > 0:
         cmd += ["--mwer-weight", str(mwer)]
+    if a.bf16:
+        cmd.append("--bf16")
     if (out / "checkpoints" / "last.pt").is_file():
         cmd.append("--resume")
     return cmd
@@ -105,6 +107,8 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=400)
     ap.add_argument("--max-batch-frames", type=int, default=3000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--bf16", action="store_true", help="train every row with bf16 autocast (CPUs with AMX or "
+                    "AVX-512 BF16: 1.5-2x faster steps); the same for all rows, so the comparison stays fair")
     ap.add_argument("--ratios", type=float, nargs="+", default=list(RATIOS))
     ap.add_argument("--mwer-weight", type=float, default=1.0)
     ap.add_argument("--mwer-epochs", type=int, default=2)
@@ -141,7 +145,8 @@ def main(argv=None) -> int:
     report = {"env": {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "command": shlex.join(sys.argv),
                       "python": platform.python_version(), "corpus": str(a.corpus), "config": str(a.config),
                       "budget": {"epochs": a.epochs, "lr": a.lr, "warmup": a.warmup, "seed": a.seed,
-                                 "max_batch_frames": a.max_batch_frames, "mwer_epochs": a.mwer_epochs}},
+                                 "max_batch_frames": a.max_batch_frames, "mwer_epochs": a.mwer_epochs,
+                                 "bf16": a.bf16}},
               "rows": rows}
     a.json.parent.mkdir(parents=True, exist_ok=True)
     a.json.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")

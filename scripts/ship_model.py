@@ -96,7 +96,7 @@ blocks, {len(json.loads((trained / 'tokens.json').read_text(encoding='utf-8')))}
 meaningless. For real Mandarin use a FunASR model directory (`paraformer_ext.load(DIR)`).
 
 ## Data
-`paraformer-ext make-corpus CORPUS --hours 12 --seed 0`: {corpus_info['splits']['train']['hours']} h of training
+`paraformer-ext make-corpus CORPUS --hours {corpus_info['hours_requested']:g} --seed {corpus_info['seed']}`: {corpus_info['splits']['train']['hours']} h of training
 speech ({corpus_info['splits']['train']['utterances']} utterances), {corpus_info['splits']['test']['utterances']}
 held-out test utterances whose texts never occur in training. Texts: words sampled from jieba's dict.txt (MIT)
 by frequency^0.5, 8–16 characters, the 3000 most frequent characters; speech: pypinyin (MIT) tone-numbered pinyin
