@@ -54,6 +54,7 @@ def main() -> int:
     ts = timestamp_error(asr, rows[: a.timestamp_utts], installed_variants(), seed=0)
     print(f"timestamps: {ts}", flush=True)
 
+    final, out = out, out.with_name(out.name + ".partial")  # built aside: a refused model leaves nothing behind
     shutil.rmtree(out, ignore_errors=True)
     (out / "examples").mkdir(parents=True)
     sd = torch.load(trained / "model.pt", map_location="cpu", weights_only=True)
@@ -75,6 +76,7 @@ def main() -> int:
             f.write(json.dumps({"key": r["key"], "source": rel, "target": r["target"], "pinyin": r["pinyin"],
                                 "voice": r["voice"], "speed": r["speed"]}, ensure_ascii=False) + "\n")
     if example is None:
+        shutil.rmtree(out)
         raise SystemExit(f"the model transcribes none of the first {N_EXAMPLES} test utterances exactly: not shipped")
     shutil.copyfile(out / example, out / "example.wav")
     ex_target = next(r["target"] for r in ex_rows if f"examples/{r['key']}.wav" == example)
@@ -134,6 +136,9 @@ espeak-ng output (program output is not covered by espeak-ng's GPL).
     (out / "MODEL_CARD.md").write_text(card, encoding="utf-8")
     files = sorted(p for p in out.rglob("*") if p.is_file() and p.name != "SHA256SUMS")
     (out / "SHA256SUMS").write_text("".join(f"{sha256_file(p)}  {p.relative_to(out)}\n" for p in files), encoding="utf-8")
+    shutil.rmtree(final, ignore_errors=True)
+    out.rename(final)
+    out = final
     results = {"model": str(out.relative_to(ROOT)) if out.is_relative_to(ROOT) else str(out), "test": test,
                "timestamps": ts, "examples_exact": sum(got), "examples": N_EXAMPLES,
                "test_seconds_cpu": round(test_s, 1), "parameters": n_params, "training": training,
