@@ -11,7 +11,8 @@ warm-ups; then the network's time by op class from one profiled pass of --calls 
 time for ours, ORT's own node profiler for theirs), scaled to the median network time. Op classes: GEMM with
 weights (every Linear / projection MatMul), attention (scores, softmax, context), FSMN (the depthwise memory
 block), LayerNorm, CIF predictor, elementwise and copies. Shares are robust to a busy machine; the milliseconds
-are as good as the machine was quiet.
+are as good as the machine was quiet. Also: torch's fp32 GEMM rates on weights that are not in cache
+(cold_gemm_rates), the ceiling that matters at batch 1.
 """
 from __future__ import annotations
 
@@ -96,7 +97,33 @@ def side_ours(a) -> dict:
     for e in prof.key_averages():
         per_op[e.key] = per_op.get(e.key, 0.0) + e.self_cpu_time_total
     return {"total_ms": total, "frontend_ms": front, "network_ms": net, "per_op_us": per_op,
-            "classes_us": _classes(per_op.items(), torch_class)}
+            "classes_us": _classes(per_op.items(), torch_class), "cold_gemm": cold_gemm_rates(a.threads)}
+
+
+def cold_gemm_rates(threads: int, M: int = 93, K: int = 512, N: int = 2048, layers: int = 60) -> dict:
+    """GFLOP/s of torch's fp32 GEMMs when the weights are not in cache, as in a batch-1 call of a large model:
+    `layers` different N×K weights (4 MB each here) used in turn, M rows; medians of 7 passes."""
+    import torch
+
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(M, K, generator=g)
+    ws = [torch.randn(N, K, generator=g) for _ in range(layers)]
+    bs = [torch.randn(N, generator=g) for _ in range(layers)]
+    wts = [w.t().contiguous() for w in ws]
+    onednn = [torch.ops.mkldnn._reorder_linear_weight(w, M) for w in ws]
+    mkl = [torch.ops.mkl._mkl_reorder_linear_weight(w, M) for w in ws]
+    fns = {"F.linear": lambda: [torch.nn.functional.linear(x, w, b) for w, b in zip(ws, bs)],
+           "addmm": lambda: [torch.addmm(b, x, w) for w, b in zip(wts, bs)],
+           "oneDNN prepacked": lambda: [torch.ops.mkldnn._linear_pointwise(x, p, b, "none", [], "")
+                                        for p, b in zip(onednn, bs)],
+           "MKL packed sgemm": lambda: [torch.ops.mkl._mkl_linear(x, p, w, b, M) for p, w, b in zip(mkl, ws, bs)]}
+    flop = 2.0 * M * K * N * layers
+    out = {}
+    for name, fn in fns.items():
+        ms, _ = median_ms(fn, 7)
+        out[name] = round(flop / ms / 1e6, 1)
+    return {"shape": [M, K, N], "layers": layers, "gflops": out}
 
 
 def side_ort(a) -> dict:
@@ -207,6 +234,7 @@ def main(argv=None) -> int:
     a.json.parent.mkdir(parents=True, exist_ok=True)
     a.json.write_text(json.dumps(report, indent=1) + "\n")
     print(table)
+    print(f"torch fp32 GEMMs on cold weights: {sides['ours fp32']['cold_gemm']}")
     print(f"wrote {a.json}")
     return 0
 
