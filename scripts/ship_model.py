@@ -41,6 +41,8 @@ def main() -> int:
     ap.add_argument("corpus", help="the make-corpus directory it was trained on")
     ap.add_argument("--timestamp-utts", type=int, default=40, help="test sentences re-synthesized syllable by syllable")
     ap.add_argument("--out", default=str(DEFAULT_DIR))
+    ap.add_argument("--report-only", type=Path, metavar="JSON",
+                    help="evaluate only (test CER by voice / speed / noise, timestamps) into JSON; ship nothing")
     a = ap.parse_args()
     trained, corpus, out = Path(a.trained), Path(a.corpus), Path(a.out)
 
@@ -53,6 +55,14 @@ def main() -> int:
     rows = read_rows(corpus / "test.jsonl")
     ts = timestamp_error(asr, rows[: a.timestamp_utts], installed_variants(), seed=0)
     print(f"timestamps: {ts}", flush=True)
+    if a.report_only:
+        training = yaml.safe_load((trained / "training.yaml").read_text(encoding="utf-8")) if (trained / "training.yaml").is_file() else {}
+        report = {"model": str(trained), "corpus": str(corpus), "test": test, "timestamps": ts,
+                  "test_seconds_cpu": round(test_s, 1), "training": training,
+                  "command": f"scripts/ship_model.py {a.trained} {a.corpus} --report-only {a.report_only}"}
+        a.report_only.write_text(json.dumps(report, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        print(f"wrote {a.report_only}")
+        return 0
 
     final, out = out, out.with_name(out.name + ".partial")  # built aside: a refused model leaves nothing behind
     shutil.rmtree(out, ignore_errors=True)

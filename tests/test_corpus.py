@@ -151,6 +151,29 @@ def test_syllable_by_syllable_bounds_hold_the_speech():
     assert np.abs(audio[~inside]).max() < 1e-3 < np.abs(audio[inside]).max()
 
 
+def test_timestamp_error_is_signed_and_absolute_over_the_right_characters(monkeypatch):
+    from paraformer_ext.data import evaluate as ev
+
+    truth = [[100, 300], [400, 600], [700, 900]]
+    monkeypatch.setattr(ev, "syllable_by_syllable", lambda syls, cond, seed: (np.zeros(16000, np.float32), truth))
+
+    class Late:  # every timestamp 50 ms late; the middle character wrong
+        def transcribe(self, audio, timestamps=False):
+            return [{"text": "今X气", "timestamp": [[s + 50, e + 50] for s, e in truth]}]
+
+    rows = [{"target": "今天气", "pinyin": "jin1 tian1 qi4"}]
+    r = ev.timestamp_error(Late(), rows, ["m1"], seed=0)
+    assert (r["chars"], r["matched_chars"]) == (3, 2)
+    assert r["mean_start_ms"] == r["mean_abs_start_ms"] == 50.0 and r["mean_end_ms"] == 50.0
+
+    class Mixed:  # one early by 40 ms, one late by 20 ms: the signed mean and the absolute mean differ
+        def transcribe(self, audio, timestamps=False):
+            return [{"text": "今天气", "timestamp": [[60, 260], [400, 600], [720, 920]]}]
+
+    r = ev.timestamp_error(Mixed(), rows, ["m1"], seed=0)
+    assert r["matched_chars"] == 3 and r["mean_start_ms"] == round(-20 / 3, 1) and r["mean_abs_start_ms"] == 20.0
+
+
 def test_kept_variants_are_not_the_toneless_ones():
     assert not set(corpus.VARIANTS) & set(corpus.TONELESS_VARIANTS)
 

@@ -131,11 +131,15 @@ def timestamp_error(recognizer, rows: list[dict], variants: list[str], seed: int
             continue  # timestamps are per token; a mismatch would pair the wrong ones
         for op, i, j in align(r["target"], hyp):
             if op == "=":
-                starts.append(abs(ts[j][0] - truth[i][0]))
-                ends.append(abs(ts[j][1] - truth[i][1]))
+                starts.append(ts[j][0] - truth[i][0])
+                ends.append(ts[j][1] - truth[i][1])
                 matched += 1
     return {"utterances": len(rows), "chars": total, "matched_chars": matched,
-            "mean_abs_start_ms": round(float(np.mean(starts)), 1) if starts else None,
-            "mean_abs_end_ms": round(float(np.mean(ends)), 1) if ends else None,
-            "median_abs_start_ms": round(float(np.median(starts)), 1) if starts else None,
-            "median_abs_end_ms": round(float(np.median(ends)), 1) if ends else None}
+            "mean_abs_start_ms": _stat(np.mean, np.abs(starts)), "mean_abs_end_ms": _stat(np.mean, np.abs(ends)),
+            "median_abs_start_ms": _stat(np.median, np.abs(starts)), "median_abs_end_ms": _stat(np.median, np.abs(ends)),
+            # signed (timestamp - truth): a systematic lead or lag shows here, not in the absolute error
+            "mean_start_ms": _stat(np.mean, starts), "mean_end_ms": _stat(np.mean, ends)}
+
+
+def _stat(fn, x) -> float | None:
+    return round(float(fn(x)), 1) if len(x) else None
