@@ -7,6 +7,7 @@ Rows (each one a `paraformer-ext train` command, printed and stored with its res
   glm-0.00 .. glm-1.00   from scratch with the recipe's architecture (paraformer_ext/data/recipes/syn-b.yaml),
                          --sampling-ratio λ (0: a vanilla non-autoregressive decoder)
   best+mwer              the best GLM row (valid CER) fine-tuned with --mwer-weight for --mwer-epochs
+  best+ce                its control: the same fine-tune without the MWER term
   best, dynamic          the best GLM row decoded with cif_threshold="dynamic" (the paper's β = Σα / ⌈Σα⌉)
 Each is scored with paraformer_ext.data.evaluate (CER, homophone error rate, substitutions / deletions /
 insertions). A row whose output directory already has model.pt is not retrained; a row cut short resumes from
@@ -136,7 +137,7 @@ def main(argv=None) -> int:
         out = a.out / f"glm-{ratio:.2f}"
         cmd = train_command(a, out, ratio=ratio, epochs=a.epochs, lr=a.lr, warmup=a.warmup)
         wall = run_row(cmd, out, a.keep_best)
-        rows.append({"row": f"GLM λ = {ratio:g}" + (" (vanilla NAR)" if ratio == 0 else ""), "dir": str(out),
+        rows.append({"row": f"GLM λ = {ratio:g}" + (" (vanilla NAR)" if ratio == 0 else ""), "dir": str(out), "ratio": ratio,
                      "command": shlex.join(cmd), "train_wall_s": wall, "best_valid_cer": best_valid_cer(out),
                      "test": score(out, a.corpus)})
         print(f"[ablation] {rows[-1]['row']}: test CER {100 * rows[-1]['test']['cer']:.2f} %", flush=True)
@@ -144,9 +145,18 @@ def main(argv=None) -> int:
     best = min((r for r in rows if not r["row"].startswith("GLM λ = 0 ")), key=lambda r: r["best_valid_cer"])
     best_dir = Path(best["dir"])
     out = a.out / f"{best_dir.name}+mwer"
-    cmd = train_command(a, out, init=best_dir, mwer=a.mwer_weight, epochs=a.mwer_epochs, lr=a.mwer_lr, warmup=1)
+    cmd = train_command(a, out, init=best_dir, ratio=best["ratio"], mwer=a.mwer_weight, epochs=a.mwer_epochs,
+                        lr=a.mwer_lr, warmup=1)
     wall = run_row(cmd, out, a.keep_best)
     rows.append({"row": f"{best['row']} + MWER ({a.mwer_epochs} epochs, weight {a.mwer_weight:g})", "dir": str(out),
+                 "command": shlex.join(cmd), "train_wall_s": wall, "best_valid_cer": best_valid_cer(out),
+                 "test": score(out, a.corpus)})
+    # the control: the same continued training without the MWER term, so the MWER row's gain is not just the
+    # extra epochs it trained
+    out = a.out / f"{best_dir.name}+ce"
+    cmd = train_command(a, out, init=best_dir, ratio=best["ratio"], epochs=a.mwer_epochs, lr=a.mwer_lr, warmup=1)
+    wall = run_row(cmd, out, a.keep_best)
+    rows.append({"row": f"{best['row']} + the same {a.mwer_epochs} epochs without MWER (control)", "dir": str(out),
                  "command": shlex.join(cmd), "train_wall_s": wall, "best_valid_cer": best_valid_cer(out),
                  "test": score(out, a.corpus)})
     rows.append({"row": f"{best['row']}, dynamic CIF threshold", "dir": str(best_dir),

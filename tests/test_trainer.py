@@ -306,6 +306,12 @@ def test_sampling_ratio_and_mwer_options(corpus, tmp_path, monkeypatch):
             log=lambda s: None).run()
     train_calls = [s for s in seen if s[1] is not None]
     assert train_calls and all(r == 0.0 and m.weight == 0.5 and has for r, m, has in train_calls)
+    # the λ it trained with is in the exported config, so training continued from it (--init) keeps it
+    assert yaml.safe_load((model / "config.yaml").read_text())["model_conf"].get("sampling_ratio") != 0.0
+    assert yaml.safe_load((tmp_path / "y" / "config.yaml").read_text())["model_conf"]["sampling_ratio"] == 0.0
+    seen.clear()
+    t = Trainer(config(d, tmp_path / "y", tmp_path / "z", epochs=1), log=lambda s: None)
+    assert t.model.cfg.model.sampling_ratio == 0.0  # what compute_loss uses when no λ is given
 
 
 def test_sigterm_saves_a_checkpoint_like_ctrl_c(corpus, tmp_path):

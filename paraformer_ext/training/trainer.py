@@ -475,6 +475,7 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         torch.save(avg, self.out / "model.pt")
         shutil.copyfile(self.files.config_path, self.out / "config.yaml")
+        self._record_overrides(self.out / "config.yaml")
         shutil.copyfile(self.files.cmvn, self.out / "am.mvn")
         with open(self.out / "tokens.json", "w", encoding="utf-8") as f:
             json.dump(list(self.pipeline.tokens), f, ensure_ascii=False, indent=0)
@@ -483,6 +484,20 @@ class Trainer:
                            f, sort_keys=False, allow_unicode=True)
         self.log(f"wrote {self.out}/model.pt: the average of {', '.join(e['file'] for e in best)}")
         return self.out
+
+
+    def _record_overrides(self, path: Path) -> None:
+        """A --sampling-ratio that differs from config.yaml's goes into the exported config.yaml, so training
+        continued from this directory (--init) keeps the λ it was trained with instead of the recipe's."""
+        if self.cfg.sampling_ratio is None:
+            return
+        conf = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if (conf.get("model_conf") or {}).get("sampling_ratio") == self.cfg.sampling_ratio:
+            return
+        conf.setdefault("model_conf", {})["sampling_ratio"] = self.cfg.sampling_ratio
+        path.write_text(f"# written by paraformer-ext train: model_conf.sampling_ratio = --sampling-ratio "
+                        f"{self.cfg.sampling_ratio:g}\n" + yaml.safe_dump(conf, sort_keys=False, allow_unicode=True),
+                        encoding="utf-8")
 
 
 def train(cfg: TrainConfig, log=None) -> Path:
