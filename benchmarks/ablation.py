@@ -56,11 +56,12 @@ def train_command(a, out: Path, *, ratio: float | None = None, init: Path | None
     return cmd
 
 
-def _exported_keep_best(out: Path) -> int | None:
+def _training_yaml(out: Path) -> dict:
+    """The trainer's out/training.yaml ({} before the row has been exported)."""
     import yaml
 
     f = out / "training.yaml"
-    return yaml.safe_load(f.read_text()).get("config", {}).get("keep_best") if f.is_file() else None
+    return yaml.safe_load(f.read_text()) if f.is_file() else {}
 
 
 def run_row(cmd: list[str], out: Path, keep_best: int) -> float:
@@ -68,7 +69,7 @@ def run_row(cmd: list[str], out: Path, keep_best: int) -> float:
     trained it, kept in out/ablation_wall_s)."""
     wall_file = out / "ablation_wall_s"
     spent = float(wall_file.read_text()) if wall_file.is_file() else 0.0
-    if (out / "model.pt").is_file() and _exported_keep_best(out) == keep_best:
+    if (out / "model.pt").is_file() and _training_yaml(out).get("config", {}).get("keep_best") == keep_best:
         print(f"[ablation] {out.name}: trained already ({out / 'model.pt'})", flush=True)
         return spent
     # otherwise train, or (every epoch done, model.pt averaged over another K) resume only to re-export
@@ -83,9 +84,7 @@ def run_row(cmd: list[str], out: Path, keep_best: int) -> float:
 
 
 def best_valid_cer(out: Path) -> float:
-    import yaml
-
-    return min(h["valid_cer"] for h in yaml.safe_load((out / "training.yaml").read_text())["history"])
+    return min(h["valid_cer"] for h in _training_yaml(out)["history"])
 
 
 def score(model_dir: Path, corpus: Path, **load_kw) -> dict:

@@ -55,8 +55,8 @@ def main() -> int:
     rows = read_rows(corpus / "test.jsonl")
     ts = timestamp_error(asr, rows[: a.timestamp_utts], installed_variants(), seed=0)
     print(f"timestamps: {ts}", flush=True)
+    training = yaml.safe_load((trained / "training.yaml").read_text(encoding="utf-8")) if (trained / "training.yaml").is_file() else {}
     if a.report_only:
-        training = yaml.safe_load((trained / "training.yaml").read_text(encoding="utf-8")) if (trained / "training.yaml").is_file() else {}
         report = {"model": str(trained), "corpus": str(corpus), "test": test, "timestamps": ts,
                   "test_seconds_cpu": round(test_s, 1), "training": training,
                   "command": f"scripts/ship_model.py {a.trained} {a.corpus} --report-only {a.report_only}"}
@@ -92,7 +92,6 @@ def main() -> int:
     ex_target = next(r["target"] for r in ex_rows if f"examples/{r['key']}.wav" == example)
     (out / "example.txt").write_text(ex_target + "\n", encoding="utf-8")
 
-    training = yaml.safe_load((trained / "training.yaml").read_text(encoding="utf-8")) if (trained / "training.yaml").is_file() else {}
     corpus_info = json.loads((corpus / "corpus.json").read_text(encoding="utf-8"))
     n_params = sum(v.numel() for v in sd.values())
     cfg = yaml.safe_load((trained / "config.yaml").read_text(encoding="utf-8"))

@@ -27,7 +27,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from protocol import ANCHORS_PYTHON, DEFAULT_MODEL, REPO  # noqa: E402
+from protocol import ANCHORS_PYTHON, DEFAULT_MODEL, REPO, markdown_table, timed  # noqa: E402
 
 CLASSES = ("gemm", "attention", "fsmn", "layernorm", "predictor", "elementwise/other")
 
@@ -60,14 +60,10 @@ def ort_class(node: str, op: str) -> str:
     return "elementwise/other"
 
 
-def median_ms(fn, calls: int) -> tuple[float, list]:
-    out = None
-    times = []
-    for _ in range(calls):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(times), out
+def median_ms(fn, calls: int) -> tuple[float, object]:
+    """(median wall ms of `calls` calls, the last result)."""
+    runs = [timed(fn) for _ in range(calls)]
+    return 1e3 * statistics.median(r[1] for r in runs), runs[-1][0]
 
 
 def side_ours(a) -> dict:
@@ -149,11 +145,9 @@ def side_ort(a) -> dict:
     feed = dict(zip(names, [feats.astype(np.float32), flens.astype(np.int32)]))
     for _ in range(2):
         sess.run(None, feed)
-    t_start = time.perf_counter()
     for _ in range(a.calls):
         sess.run(None, feed)
     events = json.loads(Path(sess.end_profiling()).read_text())
-    del t_start
     per_node: dict[tuple, float] = {}
     runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
     first_timed = sorted(e["ts"] for e in runs)[2] if len(runs) > 2 else 0  # skip the two warm-ups
@@ -222,12 +216,10 @@ def main(argv=None) -> int:
         sides[name] = json.loads(line[len("RESULT "):])
     rows = {name: summarize(s) for name, s in sides.items()}
     keys = list(next(iter(rows.values())))
-    lines = [f"| ms per call ({Path(a.wav).name}, {audio_s:.1f} s, batch 1, {a.threads} threads) | "
-             + " | ".join(rows) + " |", "|---" * (len(rows) + 1) + "|"]
-    for k in keys:
-        lines.append(f"| {k} | " + " | ".join(f"{rows[n][k]:.1f}" for n in rows) + " |")
-    lines.append("| **call (median)** | " + " | ".join(f"**{sides[n]['total_ms']:.1f}**" for n in rows) + " |")
-    table = "\n".join(lines)
+    table = markdown_table(
+        [f"ms per call ({Path(a.wav).name}, {audio_s:.1f} s, batch 1, {a.threads} threads)", *rows],
+        [[k, *(f"{rows[n][k]:.1f}" for n in rows)] for k in keys]
+        + [["**call (median)**", *(f"**{sides[n]['total_ms']:.1f}**" for n in rows)]])
     report = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "wav": a.wav, "audio_s": audio_s,
               "threads": a.threads, "calls": a.calls, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "ms": rows, "sides": sides, "table": table}

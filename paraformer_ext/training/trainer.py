@@ -485,7 +485,6 @@ class Trainer:
         self.log(f"wrote {self.out}/model.pt: the average of {', '.join(e['file'] for e in best)}")
         return self.out
 
-
     def _record_overrides(self, path: Path) -> None:
         """A --sampling-ratio that differs from config.yaml's goes into the exported config.yaml, so training
         continued from this directory (--init) keeps the λ it was trained with instead of the recipe's."""
