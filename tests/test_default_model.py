@@ -66,3 +66,28 @@ def test_the_shipped_model_transcribes_its_example_exactly(capsys):
     starts = [s for s, _ in r["timestamp"]]
     assert starts == sorted(starts) and starts[0] >= 0
     assert r["timestamp"][-1][1] <= 1000 * sf.info(str(d / "example.wav")).duration + 100
+
+
+def test_the_demo_runs_the_shipped_model_on_its_examples(fake_default, capsys):
+    import json
+
+    import soundfile as sf
+
+    (fake_default / "examples").mkdir()
+    rows = []
+    for i in range(2):
+        rel = f"examples/t{i}.wav"
+        sf.write(fake_default / rel, synthetic_speech(1.5, 10 + i), 16000)
+        rows.append({"key": f"t{i}", "source": rel})
+    got = paraformer_ext.load(fake_default, kernels=False).transcribe([str(fake_default / r["source"]) for r in rows])
+    rows[0]["target"] = got[0]["text"].replace(" ", "")  # one example the (random) model gets right, one it does not
+    rows[1]["target"] = "不是这个"
+    (fake_default / "examples.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                                                 encoding="utf-8")
+    (fake_default / "SHA256SUMS").write_text("".join(f"{sha256_file(p)}  {p.relative_to(fake_default)}\n"
+                                                     for p in sorted(fake_default.rglob("*")) if p.is_file()
+                                                     and p.name != "SHA256SUMS"))
+    assert main(["demo", "--no-kernels"]) == 0
+    out = capsys.readouterr().out
+    assert f"expected:   {rows[0]['target']}" in out and "(exact)" in out and "(differs)" in out
+    assert "1/2 exactly right" in out and "reference:" in out and "timestamps:" in out
