@@ -5,7 +5,6 @@ optionally configuration.json. Loading is strict: FunASR silently skips missing 
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,7 +160,9 @@ def fill_training_embed(module: torch.nn.Module, sd: dict[str, torch.Tensor], so
 
     Only training's GLM sampler reads decoder.embed (spec training.md §7), so such exports are valid models.
     The embedding is tie-initialised as a copy of decoder.output_layer.weight when the shapes match (both are
-    (vocab, d) rows per token), else the module's own random initialisation is kept; a warning says which.
+    (vocab, d) rows per token), else the module's own random initialisation is kept. Which of the two is
+    recorded on the module as `filled_training_embed` (a sentence), for the trainer to say when it trains
+    from such a model; inference, which never reads decoder.embed, loads it silently.
     """
     own = module.state_dict()
     if TRAINING_EMBED not in own or TRAINING_EMBED in sd or any(k.startswith("decoder.embed.") for k in sd):
@@ -178,8 +179,8 @@ def fill_training_embed(module: torch.nn.Module, sd: dict[str, torch.Tensor], so
         sd[TRAINING_EMBED] = torch.empty(shape, dtype=mine.dtype).normal_() if mine.is_meta else mine.detach().clone()
         got = "missing" if out is None else f"{tuple(out.shape)}"
         how = f"initialised at random (decoder.output_layer.weight is {got}, not {tuple(shape)})"
-    warnings.warn(f"{source} has no {TRAINING_EMBED} (an inference-only export): decoder.embed, which only training's "
-                  f"GLM sampler uses, is {how}; inference is unaffected", stacklevel=3)
+    module.filled_training_embed = (f"{source} has no {TRAINING_EMBED} (an inference-only export): decoder.embed, "
+                                     f"which only training's GLM sampler uses, is {how}")
     return sd
 
 

@@ -390,3 +390,15 @@ def test_bf16_autocast_trains(corpus, tmp_path, kernels):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             b16 = float(compute_loss(t.model, feats, flens, text, tl, sampling_ratio=0.0)["loss"])
     assert b16 != f32 and abs(b16 - f32) < 0.05 * abs(f32)
+
+
+def test_training_from_an_inference_only_export_says_how_decoder_embed_was_filled(corpus, tmp_path):
+    import shutil
+
+    d, model = corpus
+    export = tmp_path / "export"
+    shutil.copytree(model, export)
+    sd = torch.load(export / "model.pt", map_location="cpu", weights_only=True)
+    torch.save({k: v for k, v in sd.items() if not k.startswith("decoder.embed.")}, export / "model.pt")
+    with pytest.warns(UserWarning, match=r"no decoder\.embed\.0\.weight .*copy of decoder\.output_layer\.weight"):
+        Trainer(config(d, export, tmp_path / "out"))

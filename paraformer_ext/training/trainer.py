@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -107,6 +108,8 @@ class Trainer:
         rec = load(cfg.init, device=device, kernels=cfg.kernels)
         self.pipeline = rec.pipeline
         self.model = rec.model.requires_grad_(True)
+        if getattr(self.model, "filled_training_embed", None):
+            warnings.warn(self.model.filled_training_embed, stacklevel=2)
         self.device = torch.device(device)
         if cfg.bf16:
             check_bf16(self.device)
