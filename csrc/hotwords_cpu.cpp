@@ -148,7 +148,7 @@ std::tuple<at::Tensor, at::Tensor> hotword_decode_cpu(const at::Tensor& logp_in,
   std::vector<int64_t> seen(V, 0);  // seen[v] == stamp: v continues the current hypothesis' open match
   int64_t stamps = 0;
   std::vector<double> prio;
-  std::vector<int64_t> order;
+  std::vector<int64_t> order, rank;
 
   for (int64_t t = 0; t < N; ++t) {
     const float* row = lp + t * V;
@@ -180,7 +180,17 @@ std::tuple<at::Tensor, at::Tensor> hotword_decode_cpu(const at::Tensor& logp_in,
     }
 
     cands.clear();
-    for (int64_t i = 0; i < (int64_t)prev.size(); ++i) {
+    // Hypotheses best first: a hotword start reaches the same state (the root's child) from every hypothesis
+    // that has no continuation by its token, so only the best such hypothesis' candidate can survive the
+    // merge below (same added terms, higher base; equal base: the lower parent rank, which `better` prefers).
+    // Each start is therefore added once, from the first hypothesis in this order that may take it, instead of
+    // once per hypothesis; the result is the same.
+    rank.resize(prev.size());
+    for (int64_t i = 0; i < (int64_t)prev.size(); ++i) rank[i] = i;
+    std::sort(rank.begin(), rank.end(), [&](int64_t a, int64_t b) {
+      return prev[a].score != prev[b].score ? prev[a].score > prev[b].score : a < b;
+    });
+    for (int64_t i : rank) {
       const int64_t s = prev[i].state;
       const double base = prev[i].score;
       auto add = [&](int64_t v) {
@@ -197,12 +207,17 @@ std::tuple<at::Tensor, at::Tensor> hotword_decode_cpu(const at::Tensor& logp_in,
           if (d(v) >= -margin) add(v);
           seen[v] = stamp;
         }
-      // hotword starts: unless a continuation above took the token, δ(s, v) is the root's child, known
-      // without a search (with ~1,000 hotwords this loop is most of the work)
+      // hotword starts not yet added: unless a continuation above took the token, δ(s, v) is the root's
+      // child, known without a search; the ones it took wait for the next hypothesis
+      int64_t kept = 0;
       for (int64_t e : starts) {
         const int64_t v = first[2 * e], n = first[2 * e + 1];
-        if (seen[v] != stamp) cands.push_back({base + d(v) + g.out(n), n, i, v});
+        if (seen[v] != stamp)
+          cands.push_back({base + d(v) + g.out(n), n, i, v});
+        else
+          starts[kept++] = e;
       }
+      starts.resize(kept);
     }
 
     // merge by graph state: future scores depend only on the state, so the best per state is kept losslessly

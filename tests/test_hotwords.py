@@ -240,6 +240,23 @@ def test_cpp_equals_ref_random_sweep():
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]), (case, over, a, b)
 
 
+def test_cpp_equals_ref_with_many_overlapping_hotwords():
+    # many hotwords over a small vocabulary: most tokens start one, and the better hypotheses' open matches
+    # often take a start's token (the op adds each start once, from the best hypothesis that may take it)
+    rng = random.Random(11)
+    for case in range(120):
+        vocab = rng.randint(6, 11)
+        words = {"".join(CHARS[rng.randrange(vocab - 3)] for _ in range(rng.randint(1, 3))): rng.choice([5, 20, 100])
+                 for _ in range(rng.randint(10, 40))}
+        toks = TokenList(["<blank>", "<s>", "</s>", *CHARS[: vocab - 3], "<unk>"])
+        graph = HotwordList(words).compile(toks, token_bonus=rng.choice([0.5, 1.0, 2.0]))
+        logp = random_logp(rng, rng.randint(1, 16), len(toks), scale=rng.choice([0.3, 1.0, 3.0]), ties=case % 3 == 0)
+        over = dict(beam=rng.choice([2, 4, 8]), topk=rng.choice([1, 2, 4]), margin=math.inf, eos_id=EOS_ID)
+        a = run(hotword_decode_ref, graph, logp, **over)
+        b = run(hotword_decode_fn, graph, logp, **over)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]), (case, over, a, b)
+
+
 @pytest.mark.skipif(not has_kernels(), reason="compiled extension not built")
 def test_opcheck():
     graph = HotwordList({"阿里": 20, "阿里巴巴": 50}).compile(TOKENS)
