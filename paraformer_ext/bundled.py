@@ -38,3 +38,12 @@ def read_sums(path: Path) -> dict[str, str]:
             sha, name = line.split(maxsplit=1)
             out[name.lstrip("*")] = sha
     return out
+
+
+def write_sums(folder: Path) -> Path:
+    """folder/SHA256SUMS (the format read_sums reads) for every file below folder, by relative path."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "SHA256SUMS")
+    out = folder / "SHA256SUMS"
+    out.write_text("".join(f"{sha256_file(p)}  {p.relative_to(folder).as_posix()}\n" for p in files), encoding="utf-8")
+    return out

@@ -26,7 +26,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from paraformer_ext.bundled import sha256_file  # noqa: E402
+from paraformer_ext.bundled import write_sums  # noqa: E402
 from paraformer_ext.data.corpus import PITCH_RANGES, SPEED_RANGE, installed_variants  # noqa: E402
 from paraformer_ext.data.evaluate import evaluate, read_rows, timestamp_error  # noqa: E402
 from paraformer_ext.default_model import DEFAULT_DIR  # noqa: E402
@@ -146,8 +146,7 @@ espeak-ng output (program output is not covered by espeak-ng's GPL).
 `am.mvn`, `tokens.json`: a FunASR model directory. `SHA256SUMS` is checked at every load.
 """
     (out / "MODEL_CARD.md").write_text(card, encoding="utf-8")
-    files = sorted(p for p in out.rglob("*") if p.is_file() and p.name != "SHA256SUMS")
-    (out / "SHA256SUMS").write_text("".join(f"{sha256_file(p)}  {p.relative_to(out)}\n" for p in files), encoding="utf-8")
+    write_sums(out)
     shutil.rmtree(final, ignore_errors=True)
     out.rename(final)
     out = final

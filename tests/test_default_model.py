@@ -5,7 +5,7 @@ import pytest
 
 import paraformer_ext
 from paraformer_ext import default_model
-from paraformer_ext.bundled import sha256_file
+from paraformer_ext.bundled import write_sums
 from paraformer_ext.cli import main
 from paraformer_ext.synthetic import make_random_model, synthetic_speech
 
@@ -13,7 +13,7 @@ from paraformer_ext.synthetic import make_random_model, synthetic_speech
 @pytest.fixture
 def fake_default(tmp_path, monkeypatch):
     d = make_random_model(tmp_path / "zh", "tiny", seed=1)
-    (d / "SHA256SUMS").write_text("".join(f"{sha256_file(p)}  {p.name}\n" for p in sorted(d.iterdir())))
+    write_sums(d)
     monkeypatch.setattr(default_model, "DEFAULT_DIR", d)
     return d
 
@@ -84,9 +84,7 @@ def test_the_demo_runs_the_shipped_model_on_its_examples(fake_default, capsys):
     rows[1]["target"] = "不是这个"
     (fake_default / "examples.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
                                                  encoding="utf-8")
-    (fake_default / "SHA256SUMS").write_text("".join(f"{sha256_file(p)}  {p.relative_to(fake_default)}\n"
-                                                     for p in sorted(fake_default.rglob("*")) if p.is_file()
-                                                     and p.name != "SHA256SUMS"))
+    write_sums(fake_default)
     assert main(["demo", "--no-kernels"]) == 0
     out = capsys.readouterr().out
     assert f"expected:   {rows[0]['target']}" in out and "(exact)" in out and "(differs)" in out
