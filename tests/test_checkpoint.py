@@ -173,6 +173,19 @@ def test_export_without_training_embed_loads_with_tied_embed(ckpt):
     assert all(torch.equal(sd[k], full[k]) for k in full if not k.startswith("decoder.embed."))
 
 
+def test_float16_weights_load_as_float32(ckpt):
+    # the shipped model stores float16 (half the package); the model computes in float32 on the rounded values
+    full = {k: v for k, v in load(ckpt).model.state_dict().items() if not k.startswith("decoder.embed.")}
+    _edit_weights(ckpt, lambda sd: {k: v.half() if v.is_floating_point() else v for k, v in sd.items()
+                                    if not k.startswith("decoder.embed.")})
+    asr = load(ckpt)
+    sd = asr.model.state_dict()
+    assert all(sd[k].dtype == full[k].dtype for k in full)
+    assert all(torch.equal(sd[k], full[k].half().to(full[k].dtype)) for k in full)
+    assert any(not torch.equal(sd[k], full[k]) for k in full if full[k].is_floating_point())  # the test means it
+    assert torch.equal(sd["decoder.embed.0.weight"], sd["decoder.output_layer.weight"])
+
+
 def test_full_checkpoint_fills_nothing(ckpt):
     assert not hasattr(load(ckpt).model, "filled_training_embed")
 
