@@ -107,6 +107,8 @@ def main() -> int:
     n_params = sum(v.numel() for v in sd.values())
     cfg = yaml.safe_load((trained / "config.yaml").read_text(encoding="utf-8"))
     enc, dec = cfg["encoder_conf"], cfg["decoder_conf"]
+    settings = {k: v for k, v in training.get("config", {}).items()
+                if k not in ("train_data", "valid_data", "output_dir", "init", "resume", "progress")}  # this machine's paths
     card = f"""# zh-synthetic: paraformer_ext's default model
 
 A small Paraformer ({n_params / 1e6:.2f} M parameters in this file; architecture: d {enc['output_size']},
@@ -142,7 +144,8 @@ sox reverb / band limits and white/pink/brown noise at 10–40 dB SNR.
 
 ## Training
 `scripts/train_default_model.sh`: stage 1, the recipe from scratch on the first 12 h of this corpus (33 epochs);
-stage 2, continued on all of it. The last stage's settings: {json.dumps(training.get('config', {}), ensure_ascii=False)}
+stage 2, continued on all of it. The last stage's settings (as the run that exported it had them; the
+base learning rate changed between epochs, see the script): {json.dumps(settings, ensure_ascii=False)}
 
 Validation (225 held-out sentences) after each epoch of that stage: {'; '.join(f"{e['epoch']}: CER {e['valid_cer']:.2%}, loss {e['valid_loss']:.3f}" for e in training.get('history', []))}.
 
