@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 SHARED=${PARAFORMER_EXT_SHARED:-../shared}
 rm -rf .gpu_carry && mkdir -p .gpu_carry/shared/golden .gpu_carry/whl .gpu_carry/cache
 cp -r "$SHARED/audio" .gpu_carry/shared/
-cp -r "$SHARED/golden/cif" "$SHARED/golden/vad" .gpu_carry/shared/golden/
+cp -r "$SHARED/golden/cif" "$SHARED/golden/vad" "$SHARED/golden/stream" .gpu_carry/shared/golden/
 cp "$SHARED"/golden/*.json "$SHARED"/golden/*.npz "$SHARED"/golden/make_checkpoint.py "$SHARED"/golden/README.md .gpu_carry/shared/golden/
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
