@@ -244,6 +244,8 @@ def _train_parser(sub) -> None:
                             ("max-batch-frames", int, "padded 60 ms frames per batch"),
                             ("lr", float, "peak learning rate (reached at --warmup steps)"),
                             ("warmup", int, "warmup steps of FunASR's warmuplr schedule"),
+                            ("schedule-offset", int, "continue an earlier run's schedule after this many of its "
+                             "optimizer steps (the lr ramps to it over --warmup steps); 0: a new schedule"),
                             ("accum-grad", int, "batches per optimizer step"),
                             ("clip", float, "gradient norm clipping"),
                             ("save-every-min", float, "minutes between checkpoints (also one at each epoch end)"),

@@ -107,6 +107,10 @@ def main() -> int:
     n_params = sum(v.numel() for v in sd.values())
     cfg = yaml.safe_load((trained / "config.yaml").read_text(encoding="utf-8"))
     enc, dec = cfg["encoder_conf"], cfg["decoder_conf"]
+    steps = training.get("schedule_steps")
+    schedule_line = ("" if steps is None else
+                     f"\nLearning-rate schedule position: {steps} optimizer steps; training that continues from this model "
+                     f"takes `--init` this directory and `--schedule-offset {steps}` (scripts/train_default_model.sh does).\n")
     settings = {k: v for k, v in training.get("config", {}).items()
                 if k not in ("train_data", "valid_data", "output_dir", "init", "resume", "progress")}  # this machine's paths
     card = f"""# zh-synthetic: paraformer_ext's default model
@@ -150,7 +154,7 @@ base learning rate changed between epochs, see the script): {json.dumps(settings
 Validation (225 held-out sentences) after each epoch of that stage: {'; '.join(f"{e['epoch']}: CER {e['valid_cer']:.2%}, loss {e['valid_loss']:.3f}" for e in training.get('history', []))}.
 
 Averaged checkpoints: {', '.join(training.get('averaged', []))}.
-
+{schedule_line}
 ## Licences
 Weights: trained here, MIT like paraformer_ext. Training text: jieba's dict.txt (MIT). The audio examples are
 espeak-ng output (program output is not covered by espeak-ng's GPL).

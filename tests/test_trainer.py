@@ -17,7 +17,7 @@ from paraformer_ext.synthetic import make_random_model, synthetic_speech
 from paraformer_ext.text import TokenList
 from paraformer_ext.training.data import DataError, make_batches, read_jsonl, read_scp, tokenize
 from paraformer_ext.metrics import character_errors
-from paraformer_ext.training.trainer import TrainConfig, Trainer, warmup_lr
+from paraformer_ext.training.trainer import TrainConfig, Trainer, scheduled_lr, warmup_lr
 
 CJK = [chr(0x4E00 + i) for i in range(20)]  # the few characters the synthetic targets use
 
@@ -99,6 +99,16 @@ def test_warmup_schedule_is_funasr_warmuplr():
     assert warmup_lr(1e-3, 100, 100) == pytest.approx(1e-3)  # peak at warmup
     assert warmup_lr(1e-3, 100, 400) == pytest.approx(5e-4)  # then step^-0.5
     assert character_errors("一 二三", "一三四") == 2
+
+
+def test_schedule_offset_continues_an_earlier_schedule():
+    assert scheduled_lr(1e-3, 100, 7) == warmup_lr(1e-3, 100, 7)  # no offset: the schedule itself
+    # after 2500 steps of an earlier run the schedule is at 1e-3 * 10 / sqrt(2500 + s); ramped over 100 fresh steps
+    assert scheduled_lr(1e-3, 100, 50, offset=2500) == pytest.approx(0.5 * 1e-3 * 10 / 2550 ** 0.5)
+    assert scheduled_lr(1e-3, 100, 100, offset=2500) == pytest.approx(warmup_lr(1e-3, 100, 2600))
+    assert scheduled_lr(1e-3, 100, 1500, offset=2500) == pytest.approx(1e-3 * 10 / 4000 ** 0.5)
+    with pytest.raises(ValueError, match="schedule_offset must be >= 0"):
+        Trainer(TrainConfig(train_data="x", valid_data="y", output_dir="z", schedule_offset=-1))
 
 
 # --- training ----------------------------------------------------------------------------------------------------

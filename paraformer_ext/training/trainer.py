@@ -43,6 +43,9 @@ class TrainConfig:
     max_batch_frames: int = 3000  # padded 60 ms LFR frames per batch (about 3 minutes of audio)
     lr: float = 2e-4
     warmup: int = 1000  # FunASR's warmuplr warmup_steps
+    # > 0: continue an earlier run's warmuplr schedule after this many of its optimizer steps (a shipped model's
+    # card states them); the optimizer's moments are new, so the lr ramps from 0 to the schedule's over --warmup
+    schedule_offset: int = 0
     accum_grad: int = 1
     clip: float = 5.0  # gradient norm clipping (FunASR's grad_clip)
     save_every_min: float = 30.0
@@ -74,6 +77,14 @@ def warmup_lr(base_lr: float, warmup: int, step: int) -> float:
     return base_lr * warmup ** 0.5 * min(step ** -0.5, step * warmup ** -1.5)
 
 
+def scheduled_lr(base_lr: float, warmup: int, step: int, offset: int = 0) -> float:
+    """The lr of optimizer step `step` (1-based) of this run: warmup_lr, or with offset > 0 the earlier run's
+    schedule at offset + step, ramped linearly over the first `warmup` steps (fresh Adam moments)."""
+    if offset == 0:
+        return warmup_lr(base_lr, warmup, step)
+    return warmup_lr(base_lr, warmup, offset + step) * min(1.0, step / warmup)
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, log=None):
         from ..recognizer import load
@@ -82,6 +93,8 @@ class Trainer:
             raise ValueError(f"sampling_ratio must be in [0, 1] (0: no GLM sampler), got {cfg.sampling_ratio}")
         if cfg.mwer_weight < 0:
             raise ValueError(f"mwer_weight must be >= 0 (0: no MWER), got {cfg.mwer_weight}")
+        if cfg.schedule_offset < 0:
+            raise ValueError(f"schedule_offset must be >= 0 (optimizer steps of the earlier run), got {cfg.schedule_offset}")
         if cfg.accum_grad < 1 or cfg.epochs < 1 or cfg.max_batch_frames < 1 or cfg.warmup < 1 or cfg.keep_best < 1:
             raise ValueError("accum_grad, epochs, max_batch_frames, warmup and keep_best must all be >= 1, got "
                              f"{cfg.accum_grad}, {cfg.epochs}, {cfg.max_batch_frames}, {cfg.warmup}, {cfg.keep_best}")
@@ -169,7 +182,7 @@ class Trainer:
     # --- state -----------------------------------------------------------------------------------------
 
     def _set_lr(self) -> float:
-        lr = warmup_lr(self.cfg.lr, self.cfg.warmup, self.step + 1)
+        lr = scheduled_lr(self.cfg.lr, self.cfg.warmup, self.step + 1, self.cfg.schedule_offset)
         for g in self.opt.param_groups:
             g["lr"] = lr
         return lr
@@ -183,7 +196,8 @@ class Trainer:
     def state(self, rng_ranks: list[dict] | None = None) -> dict:
         """Everything a resumed run needs; rng_ranks: every rank's random state (default: this rank's)."""
         return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-                "scheduler": {"name": "warmuplr", "step": self.step, "warmup": self.cfg.warmup, "lr": self.cfg.lr},
+                "scheduler": {"name": "warmuplr", "step": self.step, "warmup": self.cfg.warmup, "lr": self.cfg.lr,
+                              "offset": self.cfg.schedule_offset},
                 "rng": {"ranks": rng_ranks or [self._rng_state()]}, "world_size": self.world.size,
                 "position": {"epoch": self.epoch, "batch": self.batch}, "history": self.history,
                 "config": asdict(self.cfg)}
@@ -483,7 +497,10 @@ class Trainer:
         with open(self.out / "tokens.json", "w", encoding="utf-8") as f:
             json.dump(list(self.pipeline.tokens), f, ensure_ascii=False, indent=0)
         with open(self.out / "training.yaml", "w") as f:
-            yaml.safe_dump({"averaged": [e["file"] for e in best], "history": self.history, "config": asdict(self.cfg)},
+            # schedule_steps: where the lr schedule stands (an earlier run's steps included): --schedule-offset of a
+            # run that continues from this directory
+            yaml.safe_dump({"averaged": [e["file"] for e in best], "history": self.history, "config": asdict(self.cfg),
+                            "schedule_steps": self.cfg.schedule_offset + self.step},
                            f, sort_keys=False, allow_unicode=True)
         self.log(f"wrote {self.out}/model.pt: the average of {', '.join(e['file'] for e in best)}")
         return self.out
