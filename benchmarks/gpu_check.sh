@@ -85,6 +85,15 @@ bench() {  # name, limit, file: the file's CUDA cases into $OUT/<name>.json
     --benchmark-json="$OUT/$1.json" -o addopts=""
 }
 
+# 0. Bad inputs to every CUDA op must raise, not crash (the first H200 run crashed on one); a crash gets a
+# backtrace from cuda-gdb (no gdb on that image) of its case run alone.
+section bad_inputs 30 $PY benchmarks/cuda_bad_inputs.py --json "$OUT/bad_inputs.json"
+first_crash=$($PY -c "import json,sys; r=[x['case'] for x in json.load(open(sys.argv[1]))['rows'] if x['outcome']=='CRASHED']; print(r[0] if r else '')" "$OUT/bad_inputs.json" 2>/dev/null)
+if [ -n "$first_crash" ] && command -v cuda-gdb >/dev/null; then
+  section crash_backtrace 45 cuda-gdb -batch -ex run -ex bt -ex "info sharedlibrary" \
+    --args $PY benchmarks/cuda_bad_inputs.py --only "$first_crash"
+fi
+
 # 1. CUDA tests: every test parametrized over devices runs its cuda case; the golden parity runs on cuda.
 # --continue-on-collection-errors: a module that cannot load (missing data) must not cancel every other test.
 # A test that crashes the interpreter (it must not: that is a bug to fix) would end the run; the crashed test's
@@ -160,6 +169,14 @@ for case in root.iter("testcase"):
 PYEOF
     echo '```'
   done
+  if [ -f "$OUT/bad_inputs.json" ]; then
+    echo
+    echo "## Bad inputs on CUDA (benchmarks/cuda_bad_inputs.py)"
+    echo
+    echo '```'
+    $PY -c "import json,sys; [print(f\"{r['outcome']:12s} {r['case']:36s} {r['message'][:120]}\") for r in json.load(open(sys.argv[1]))['rows']]" "$OUT/bad_inputs.json"
+    echo '```'
+  fi
   if [ -f "$OUT/cuda_launch.json" ]; then
     echo
     echo "## Launch floor (benchmarks/cuda_launch.py, us per call)"
@@ -195,6 +212,6 @@ cat "$OUT/report.md"
 stamp "done"
 # At most 8 files come back: report.md, logs.tgz and the JSON results; small JSONs go into the tarball too.
 (cd "$OUT" && tar czf logs.tgz --ignore-failed-read log.txt env.txt build.log build_info.json sections.txt tests_cuda_*.xml \
-  bench_vad.json precision_cuda.json long_audio_cuda.json cuda_launch.json 2>/dev/null \
+  bench_vad.json precision_cuda.json long_audio_cuda.json cuda_launch.json bad_inputs.json 2>/dev/null \
   && rm -f log.txt env.txt build.log build_info.json sections.txt tests_cuda_*.xml bench_vad.json precision_cuda.json \
-    long_audio_cuda.json cuda_launch.json)
+    long_audio_cuda.json cuda_launch.json bad_inputs.json)
