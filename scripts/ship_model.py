@@ -149,10 +149,11 @@ sox reverb / band limits and white/pink/brown noise at 10–40 dB SNR.
 
 ## Training
 `scripts/train_default_model.sh`: stage 1, the recipe from scratch on the first 12 h of this corpus (33 epochs);
-stage 2, continued on all of it. The last stage's settings (as the run that exported it had them; the
-base learning rate changed between epochs, see the script): {json.dumps(settings, ensure_ascii=False)}
+stage 2, continued on all of it; stage 3, where a new machine had lost stage 2's run, continued from the model
+shipped before (its schedule position as `--schedule-offset`). The last run's settings (as the run that exported
+it had them; stage 2's base learning rate changed between epochs, see the script): {json.dumps(settings, ensure_ascii=False)}
 
-Validation (225 held-out sentences) after each epoch of that stage: {'; '.join(f"{e['epoch']}: CER {e['valid_cer']:.2%}, loss {e['valid_loss']:.3f}" for e in training.get('history', []))}.
+Validation (225 held-out sentences) after each epoch of that run: {'; '.join(f"{e['epoch']}: CER {e['valid_cer']:.2%}, loss {e['valid_loss']:.3f}" for e in training.get('history', []))}.
 
 Averaged checkpoints: {', '.join(training.get('averaged', []))}.
 {schedule_line}
