@@ -29,7 +29,9 @@ resume() { [ -f "$1/checkpoints/last.pt" ] && echo --resume || true; }
 
 # 3. Across machines: RUNS_DIR may not survive a session (checkpoints and all); the shipped model does. Where
 #    neither stage's run is here, training continues from the shipped model (its card's schedule position,
-#    --schedule-offset) on the 100 h corpus → RUNS_DIR/default100c; ship that with scripts/ship_model.py.
+#    --schedule-offset) on the 100 h corpus → RUNS_DIR/default100c. To ship after epoch N: stop it (SIGTERM saves),
+#    `STAGE3_EPOCHS=N bash scripts/train_default_model.sh RUNS_DIR` (resumes, is done at once, writes model.pt, the
+#    average of the best 2 epochs), then scripts/ship_model.py RUNS_DIR/default100c RUNS_DIR/corpus100.
 SHIPPED=paraformer_ext/models/zh-synthetic
 OUT3=$RUNS/default100c
 if [ -f "$OUT3/checkpoints/last.pt" ] || { [ ! -f "$RUNS/default/model.pt" ] && [ ! -f "$RUNS/default100/checkpoints/last.pt" ] && [ -f "$SHIPPED/model.pt" ]; }; then
