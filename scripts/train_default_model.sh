@@ -38,11 +38,12 @@ if [ -f "$OUT3/checkpoints/last.pt" ] || { [ ! -f "$RUNS/default/model.pt" ] && 
   [ -f "$RUNS/corpus100/train.jsonl" ] || $PX make-corpus "$RUNS/corpus100" --hours 100 --seed 0
   # the shipped model of 2026-12-03 predates the card line: the average of stage-2 epochs 10 and 11, whose
   # schedule stood at 25,619 steps after epoch 11 (2,329 steps an epoch)
-  # a resumed run keeps the offset it started with (the card changes when its own result is shipped)
-  mkdir -p "$OUT3"
-  [ -f "$OUT3/schedule_offset" ] || sed -n 's/.*schedule position: \([0-9]*\) optimizer steps.*/\1/p' \
-    "$SHIPPED/MODEL_CARD.md" | head -1 > "$OUT3/schedule_offset"
-  STEPS=$(cat "$OUT3/schedule_offset")
+  # a resumed run keeps the offset in its checkpoint (the card changes once its own result is shipped)
+  if [ -f "$OUT3/checkpoints/last.pt" ]; then
+    STEPS=$(.venv/bin/python -c "import sys, torch; print(torch.load(sys.argv[1], map_location='cpu', weights_only=False)['scheduler'].get('offset', 0))" "$OUT3/checkpoints/last.pt")
+  else
+    STEPS=$(sed -n 's/.*schedule position: \([0-9]*\) optimizer steps.*/\1/p' "$SHIPPED/MODEL_CARD.md" | head -1)
+  fi
   nice -n 5 $PX train --init "$SHIPPED" --train-data "$RUNS/corpus100/train.jsonl" \
     --valid-data "$RUNS/corpus12/valid.jsonl" --output-dir "$OUT3" --epochs "${STAGE3_EPOCHS:-30}" --lr 1e-3 \
     --warmup 400 --schedule-offset "${STEPS:-25619}" --save-every-min 10 --seed 1 --keep-best 2 "${BF16[@]}" $(resume "$OUT3")

@@ -149,6 +149,8 @@ def test_interrupt_saves_and_resume_continues_exactly(corpus, tmp_path):
     st = torch.load(tmp_path / "part" / "checkpoints" / "last.pt", weights_only=False)
     assert st["scheduler"]["step"] == 3 and st["position"]["epoch"] == 1  # 2 batches an epoch: step 3 is in epoch 2
 
+    with pytest.raises(ValueError, match="resume with --schedule-offset 0"):  # another schedule than the run's
+        Trainer(config(d, model, tmp_path / "part", resume=True, schedule_offset=100)).resume()
     resumed = Trainer(config(d, model, tmp_path / "part", resume=True))
     resumed.resume()
     assert resumed.step == 3

@@ -226,6 +226,10 @@ class Trainer:
             raise ValueError(f"--resume: {path} was written by {written_by} training process(es), this run has "
                              f"{self.world.size}; the data position is per shard, so resume with the same number "
                              f"(torchrun --nproc_per_node / --nnodes)")
+        offset = st["scheduler"].get("offset", 0)
+        if offset != self.cfg.schedule_offset:  # the lr would jump: the run's step count means another schedule
+            raise ValueError(f"--resume: {path} continues a schedule from step {offset} (--schedule-offset "
+                             f"{offset}), this run says {self.cfg.schedule_offset}; resume with --schedule-offset {offset}")
         self.model.load_state_dict(st["model"])
         self.opt.load_state_dict(st["optimizer"])
         self.step = st["scheduler"]["step"]
