@@ -3,6 +3,7 @@ synthetic speech (CPU, a few seconds a run)."""
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 
 import numpy as np
@@ -151,6 +152,13 @@ def test_interrupt_saves_and_resume_continues_exactly(corpus, tmp_path):
 
     with pytest.raises(ValueError, match="resume with --schedule-offset 0"):  # another schedule than the run's
         Trainer(config(d, model, tmp_path / "part", resume=True, schedule_offset=100)).resume()
+    # exported mid-epoch 2 with --epochs 1 (how a stopped run is shipped): the weights are epoch 1's, and so is
+    # the schedule position recorded for a run that continues from them (step 2, not the run's step 3)
+    shutil.copytree(tmp_path / "part", tmp_path / "early")
+    early = Trainer(config(d, model, tmp_path / "early", resume=True, epochs=1, schedule_offset=0))
+    early.resume()
+    early.run()
+    assert yaml.safe_load((tmp_path / "early" / "training.yaml").read_text())["schedule_steps"] == 2
     resumed = Trainer(config(d, model, tmp_path / "part", resume=True))
     resumed.resume()
     assert resumed.step == 3

@@ -501,10 +501,11 @@ class Trainer:
         with open(self.out / "tokens.json", "w", encoding="utf-8") as f:
             json.dump(list(self.pipeline.tokens), f, ensure_ascii=False, indent=0)
         with open(self.out / "training.yaml", "w") as f:
-            # schedule_steps: where the lr schedule stands (an earlier run's steps included): --schedule-offset of a
-            # run that continues from this directory
+            # schedule_steps: where the lr schedule stood at the newest averaged epoch (an earlier run's steps
+            # included; not the run's current step, which may lie past it): --schedule-offset of a run that
+            # continues from this directory
             yaml.safe_dump({"averaged": [e["file"] for e in best], "history": self.history, "config": asdict(self.cfg),
-                            "schedule_steps": self.cfg.schedule_offset + self.step},
+                            "schedule_steps": self.cfg.schedule_offset + max(e["step"] for e in best)},
                            f, sort_keys=False, allow_unicode=True)
         self.log(f"wrote {self.out}/model.pt: the average of {', '.join(e['file'] for e in best)}")
         return self.out
