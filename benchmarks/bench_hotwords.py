@@ -15,7 +15,9 @@ once per list (as load() and a server connection do), timed separately.
 --preset large (the default) has random weights: its posteriors are nearly flat, so every hotword's first token
 lies within the search margin at every position, the search's worst case. --preset shipped times the shipped
 trained model on its held-out examples instead: peaked posteriors, but a model 100x cheaper to run, so the same
-search is a larger share. Recall and precision: benchmarks/hotword_recall.py.
+search is a larger share. --lm auto (with --preset shipped: its language model) times hotwords on top of LM
+decoding instead of greedy decoding; the search component is then the LM search with the list minus without it.
+Recall and precision: benchmarks/hotword_recall.py.
 """
 from __future__ import annotations
 
@@ -78,6 +80,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lm", default="none", help="as load(lm=): none (default: greedy decoding), auto, or an ARPA file")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -91,13 +94,13 @@ def main() -> int:
         from paraformer_ext.audio import load_audio
         from paraformer_ext.default_model import examples
 
-        asr = paraformer_ext.load(kernels=True)
+        asr = paraformer_ext.load(kernels=True, lm=a.lm)
         inputs = [(r["key"], load_audio(r["source"], target_sr=asr.pipeline.sample_rate).numpy()) for r in examples()]
     else:
         model_dir = cache_dir() / "bench_models" / a.preset
         if not (model_dir / "model.pt").exists():
             make_random_model(model_dir, a.preset)
-        asr = paraformer_ext.load(model_dir, kernels=True)
+        asr = paraformer_ext.load(model_dir, kernels=True, lm=a.lm)
         inputs = waves(asr.pipeline.sample_rate)
     p = asr.pipeline
     words = random_hotwords(p.tokens, a.hotwords, a.seed)
@@ -124,9 +127,13 @@ def main() -> int:
             enc, emb, tn = out.encoder_out, out.acoustic_embeds, out.token_num
             fused = best_cpu(lambda: p.model.decode_argmax(enc, flens, emb, tn), a.repeat)
             full = best_cpu(lambda: torch.log_softmax(p.model.decode_logits(enc, flens, emb, tn).float(), -1), a.repeat)
-        search = best_cpu(lambda: hotword_decode_fn(logp, graph.child_offsets, graph.edges, graph.nodes,
-                                                    graph.node_scores, graph.beam, graph.topk, graph.margin,
-                                                    graph.eos_id), a.repeat)
+        if asr.lm is not None:  # what the list adds to the LM search
+            search = (best_cpu(lambda: asr.lm.decode(logp, graph), a.repeat)
+                      - best_cpu(lambda: asr.lm.decode(logp), a.repeat))
+        else:
+            search = best_cpu(lambda: hotword_decode_fn(logp, graph.child_offsets, graph.edges, graph.nodes,
+                                                        graph.node_scores, graph.beam, graph.topk, graph.margin,
+                                                        graph.eos_id), a.repeat)
         row = dict(wav=name, audio_s=round(x.shape[1] / p.sample_rate, 2), tokens=N)
         for k, v in runs.items():
             row[f"{k}_cpu_ms_median"] = round(statistics.median(c for _, c in v), 1)
@@ -152,6 +159,7 @@ def main() -> int:
             "preset": a.preset, "hotwords": a.hotwords, "kept": len(graph), "graph_states": int(graph.nodes.shape[0]),
             "token_bonus": graph.token_bonus, "beam": graph.beam, "topk": graph.topk, "margin": graph.margin,
             "compile_ms": round(compile_ms, 1), "threads": a.threads, "repeat": a.repeat, "device": "cpu",
+            "lm": None if asr.lm is None else repr(asr.lm),
             "model": ("the shipped model (trained) on its held-out examples" if a.preset == "shipped" else
                       "random weights (flat posteriors: the search's worst case)"),
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,

@@ -1,6 +1,7 @@
 """What each inference mode costs on a trained model: held-out test CER of the default model (or any model trained
-on the synthetic corpus) with the kernels, the plain reference, bf16, int8 and the dynamic CIF threshold, with
-token agreement against float32 and the time to transcribe the split, all in one run.
+on the synthetic corpus) with the kernels, without its language model (greedy), with the plain reference, bf16, int8
+and the dynamic CIF threshold (each with the LM, as load() decodes), with token agreement against float32 and
+the time to transcribe the split, all in one run.
 
     .venv/bin/python benchmarks/default_model_modes.py --corpus RUNS_DIR/corpus100 \
         --json benchmarks/results/default_model_modes.json [--model DIR] [--threads 2]
@@ -25,6 +26,7 @@ from paraformer_ext.recognizer import load  # noqa: E402
 
 MODES = {
     "float32 (kernels)": {},
+    "float32, no LM (greedy)": {"lm": None},
     "float32 reference (kernels=False)": {"kernels": False},
     "bf16": {"dtype": torch.bfloat16},
     "int8": {"quantize": "int8"},

@@ -1,4 +1,4 @@
-"""Command line: `paraformer-ext transcribe|vad|demo|info|train|serve|client`."""
+"""Command line: `paraformer-ext transcribe|vad|demo|info|train|train-lm|make-corpus|serve|client`."""
 from __future__ import annotations
 
 import argparse
@@ -19,6 +19,17 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantize-output-layer", action="store_true", help="with --quantize: the output layer too")
     p.add_argument("--cif-threshold", default="tail", choices=["tail", "dynamic"],
                    help="when the last token fires: FunASR's tail weight (default) or the paper's dynamic threshold")
+    p.add_argument("--lm", default="auto", metavar="ARPA|auto|none",
+                   help="token n-gram language model to search the decoder's posteriors with: auto (default) = the "
+                        "model directory's lm.arpa.gz if it has one (the shipped model does), none = greedy")
+    p.add_argument("--lm-weight", type=float, default=None, metavar="LAMBDA",
+                   help="weight of the language model's log-probabilities (default: 1.0)")
+
+
+def _lm_kwargs(a) -> dict:
+    from .lm_decode import DEFAULT_LM_WEIGHT
+
+    return {"lm": a.lm, "lm_weight": DEFAULT_LM_WEIGHT if a.lm_weight is None else a.lm_weight}
 
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
@@ -73,13 +84,15 @@ def cmd_transcribe(a) -> int:
     from pathlib import Path
 
     from .hotwords import HotwordError
+    from .lm import LMError
     from .recognizer import load
 
     try:
         asr = load(a.model, device=a.device, dtype=a.dtype, kernels=not a.no_kernels, quantize=a.quantize,
                    quantize_output_layer=a.quantize_output_layer, cif_threshold=a.cif_threshold,
-                   hotwords=Path(a.hotword) if a.hotword else None, hotword_token_bonus=a.hotword_token_bonus)
-    except HotwordError as e:
+                   hotwords=Path(a.hotword) if a.hotword else None, hotword_token_bonus=a.hotword_token_bonus,
+                   **_lm_kwargs(a))
+    except (HotwordError, LMError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     pairs = asr.transcribe_iter(
@@ -155,6 +168,46 @@ def cmd_make_corpus(a) -> int:
     return 0
 
 
+def cmd_train_lm(a) -> int:
+    from .lm import LMError, NgramLM
+    from .text import TokenList
+    from .training.data import tokenize
+
+    def sentences():
+        for path in a.text:
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    line = line.strip()
+                    if not line:
+                        continue
+                    text = json.loads(line).get("target", "") if path.endswith(".jsonl") else line
+                    yield [tokens[i] for i in tokenize(text, tokens)]
+
+    try:
+        tokens = TokenList.load(a.tokens)
+        lm = NgramLM.estimate(sentences(), order=a.order, vocab=list(tokens),
+                              min_count=[int(x) for x in a.min_count.split(",")] if a.min_count else None,
+                              progress=None if a.quiet else (lambda m: print(m, file=sys.stderr)))
+        out = lm.write_arpa(a.out)
+    except (LMError, OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{out}: {lm}")
+    return 0
+
+
+def _train_lm_parser(sub) -> None:
+    t = sub.add_parser("train-lm", help="estimate a token n-gram LM (ARPA) for --lm from training text")
+    t.add_argument("out", help="the ARPA file to write (.arpa, or .arpa.gz compressed)")
+    t.add_argument("text", nargs="+", help="training text: FunASR jsonl (its \"target\" fields) or one sentence per line")
+    t.add_argument("--tokens", required=True, help="the model's tokens.json / tokens.txt: the LM's units")
+    t.add_argument("--order", type=int, default=3, help="n-gram order (default: 3)")
+    t.add_argument("--min-count", default=None, metavar="C1,C2,...",
+                   help="per order, drop n-grams seen fewer times (default: 1,1,2,...)")
+    t.add_argument("--quiet", action="store_true", help="no progress messages")
+    t.set_defaults(fn=cmd_train_lm)
+
+
 def _corpus_parser(sub) -> None:
     c = sub.add_parser("make-corpus", help="synthesize a Mandarin training corpus with espeak-ng and sox (FunASR jsonl lists)")
     c.add_argument("out", help="output directory: train/valid/test.jsonl, audio/, tokens.json, corpus.json")
@@ -181,9 +234,15 @@ def cmd_serve(a) -> int:
     if a.keyfile and not a.certfile:
         print("error: --keyfile without --certfile", file=sys.stderr)
         return 2
-    asr = load(a.model, device=a.device, dtype=a.dtype, kernels=not a.no_kernels, quantize=a.quantize,
-               quantize_output_layer=a.quantize_output_layer, cif_threshold=a.cif_threshold,
-               hotword_token_bonus=a.hotword_token_bonus)
+    from .lm import LMError
+
+    try:
+        asr = load(a.model, device=a.device, dtype=a.dtype, kernels=not a.no_kernels, quantize=a.quantize,
+                   quantize_output_layer=a.quantize_output_layer, cif_threshold=a.cif_threshold,
+                   hotword_token_bonus=a.hotword_token_bonus, **_lm_kwargs(a))
+    except LMError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     online = None
     if a.online_model:
         # the streaming model shares the device, dtype and kernels; quantization and the CIF threshold are the
@@ -299,6 +358,7 @@ def main(argv=None) -> int:
     d.set_defaults(fn=cmd_demo)
 
     _train_parser(sub)
+    _train_lm_parser(sub)
     _corpus_parser(sub)
     _serve_parser(sub)
     sub.add_parser("client", help="send files to a FunASR-protocol websocket server (see `client --help`)", add_help=False)

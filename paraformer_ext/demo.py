@@ -20,6 +20,7 @@ def _timed(asr, paths, min_s: float = 1.0) -> tuple[float, int, list]:
 
 def run_shipped_demo(a) -> int:
     from ._ext import use_kernels
+    from .cli import _lm_kwargs
     from .default_model import default_model_dir, examples
     from .recognizer import load
 
@@ -31,7 +32,7 @@ def run_shipped_demo(a) -> int:
     kernels = use_kernels(False if a.no_kernels else None, a.device)
     runs = {}
     for name, k in ([("kernels", True)] if kernels else []) + [("reference", False)]:
-        asr = load(None, device=a.device, dtype=a.dtype, kernels=k, cif_threshold=a.cif_threshold)
+        asr = load(None, device=a.device, dtype=a.dtype, kernels=k, cif_threshold=a.cif_threshold, **_lm_kwargs(a))
         runs[name] = _timed(asr, paths)
     main = runs["kernels" if kernels else "reference"][2]
     right = 0

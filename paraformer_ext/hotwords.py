@@ -21,6 +21,7 @@ vocabulary lacks, or one that spells a special token, is skipped and reported in
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections import Counter
@@ -30,7 +31,7 @@ from typing import Iterable, Mapping
 
 import torch
 
-from .ops.hotwords import hotword_decode
+from .ops.hotwords import GraphWalker, hotword_decode
 from .text import EOS_ID, SPECIAL_IDS, TokenList
 
 DEFAULT_WEIGHT = 20.0
@@ -303,6 +304,12 @@ class HotwordGraph:
 
     def __len__(self) -> int:
         return len(self.words)
+
+    @functools.cached_property
+    def walker(self) -> GraphWalker:
+        """The graph's transitions as Python lists (lm_decode's search), made once per graph."""
+        return GraphWalker(self.child_offsets.tolist(), self.edges.tolist(), self.nodes.tolist(),
+                           self.node_scores.tolist())
 
     def __repr__(self) -> str:
         return (f"HotwordGraph({len(self.words)} words, {len(self.skipped)} skipped, {self.nodes.shape[0]} states, "

@@ -17,13 +17,16 @@ from .text import TokenList, postprocess
 
 
 class Pipeline:
-    """frontend (WavFrontend) → model (Paraformer) → tokens (TokenList), on `device`."""
+    """frontend (WavFrontend) → model (Paraformer) → tokens (TokenList), on `device`; `lm`: an LMDecoder
+    (lm_decode.py) that searches every item's posteriors with a language model, or None (greedy)."""
 
-    def __init__(self, frontend: WavFrontend, model: Paraformer, tokens: TokenList, device: torch.device):
+    def __init__(self, frontend: WavFrontend, model: Paraformer, tokens: TokenList, device: torch.device,
+                 lm=None):
         self.frontend = frontend
         self.model = model
         self.tokens = tokens
         self.device = torch.device(device)
+        self.lm = lm
 
     @property
     def kernels(self) -> bool:
@@ -87,9 +90,10 @@ class Pipeline:
         run's argmax (log_softmax + max) is not the greedy run's fused argmax bit for bit (ties after
         rounding), so items without hotwords keep the greedy run and get exactly their greedy result; the
         items with hotwords share one run whatever their graphs, since only the search after it differs.
-        Both runs give each item its batch-1 result (Paraformer.greedy), so splitting changes no item."""
+        Both runs give each item its batch-1 result (Paraformer.greedy), so splitting changes no item. With an
+        LM every item is searched, so one run serves all."""
         searched = [b for b, g in enumerate(graphs) if g is not None and len(g) > 0]
-        if not searched or len(searched) == len(graphs):
+        if not searched or len(searched) == len(graphs) or self.lm is not None:
             return self._decode(features, lengths, timestamps, timer, graphs)
         plain = [b for b in range(len(graphs)) if b not in set(searched)]
         out: list = [None] * len(graphs)
@@ -103,7 +107,7 @@ class Pipeline:
 
     def _decode(self, features, lengths, timestamps, timer, graphs) -> list[Result]:
         """One model run; `graphs`: per item. The posteriors are kept only when an item searches them."""
-        search = any(g is not None and len(g) > 0 for g in graphs)
+        search = self.lm is not None or any(g is not None and len(g) > 0 for g in graphs)
         out = self.model.greedy(features, lengths, timer=timer, log_posteriors=search)
         token_num, ids = out.token_num.cpu(), out.token_ids.cpu()
         logp = out.log_posteriors.cpu() if search else None
@@ -114,7 +118,11 @@ class Pipeline:
         for b in range(ids.size(0)):
             n, t, g = int(token_num[b]), int(enc_lens[b]), graphs[b]
             item_ids, found = ids[b, :n], None
-            if g is not None and len(g) > 0:
+            if self.lm is not None:
+                item_ids, fired = self.lm.decode(logp[b, :n], g)
+                if g is not None:
+                    found = [(g.words[k], s, e) for k, s, e in fired.tolist()]
+            elif g is not None and len(g) > 0:
                 item_ids, fired = g.decode(logp[b, :n], kernels=self.kernels)
                 found = [(g.words[k], s, e) for k, s, e in fired.tolist()]
             elif g is not None:

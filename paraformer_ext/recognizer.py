@@ -15,6 +15,7 @@ from .checkpoint import ModelLoadError, build_config, load_state_dict_strict, re
 from .frontend import FrontendConfig, WavFrontend, load_cmvn
 from .engine import Engine, EngineOptions
 from .hotwords import DEFAULT_TOKEN_BONUS, HotwordGraph, HotwordList, as_hotword_list
+from .lm_decode import DEFAULT_LM_WEIGHT
 from .pipeline import Pipeline
 from .results import Result
 from .model.config import UnsupportedModelError
@@ -39,6 +40,26 @@ def _dtype(dtype) -> torch.dtype:
     if dtype not in names:
         raise ValueError(f"dtype {dtype!r} not supported; use one of float32, float16, bfloat16")
     return names[dtype]
+
+
+LM_FILE = "lm.arpa.gz"  # a model directory's own language model, used by lm="auto"
+
+
+def _lm_decoder(lm, lm_weight, root: Path, tokens: TokenList):
+    """load()'s lm argument → an LMDecoder or None."""
+    from .lm import LMError, NgramLM
+    from .lm_decode import LMDecoder, load_lm_decoder
+
+    if lm is None or lm == "none":
+        return None
+    if lm == "auto":
+        return load_lm_decoder(root / LM_FILE, tokens, lm_weight) if (root / LM_FILE).is_file() else None
+    if isinstance(lm, NgramLM):
+        return LMDecoder(lm, tokens, lm_weight)
+    if isinstance(lm, (str, Path)):
+        return load_lm_decoder(Path(lm), tokens, lm_weight)
+    raise LMError(f"lm must be 'auto' (the model directory's {LM_FILE} if it has one), None / 'none', a path to an "
+                  f"ARPA file or an NgramLM, got {type(lm).__name__}")
 
 
 DEFAULT_ARRAY_RATE = 16000  # what an array passed without sample_rate is taken to be, as FunASR's generate(fs=16000)
@@ -75,6 +96,8 @@ class Recognizer:
     kernels = property(lambda self: self.pipeline.kernels, doc="whether the compiled ops run")
     sample_rate = property(lambda self: self.pipeline.sample_rate, doc="the model's rate (frontend_conf.fs)")
 
+    lm = property(lambda self: self.pipeline.lm, doc="the LMDecoder that searches the posteriors, or None (greedy)")
+
     @property
     def quantization(self) -> str | None:
         return "int8" if getattr(self.model, "quantization", None) else None
@@ -95,7 +118,8 @@ class Recognizer:
     @classmethod
     def load(cls, model_dir=None, device="cpu", dtype=torch.float32, kernels: bool | None = None, quantize: str | None = None,
              quantize_output_layer: bool = False, quantized_path=None, cif_threshold: str = "tail", hotwords=None,
-             hotword_token_bonus: float = DEFAULT_TOKEN_BONUS) -> "Recognizer":
+             hotword_token_bonus: float = DEFAULT_TOKEN_BONUS, lm="auto",
+             lm_weight: float = DEFAULT_LM_WEIGHT) -> "Recognizer":
         if cif_threshold not in ("tail", "dynamic"):
             raise ValueError(f"cif_threshold must be 'tail' (FunASR's, the default) or 'dynamic' (the paper's "
                              f"β = Σα / ⌈Σα⌉), got {cif_threshold!r}")
@@ -134,8 +158,9 @@ class Recognizer:
         model = model.eval().requires_grad_(False).to(device).cast(_dtype(dtype))
         model.set_kernels(use_kernels(kernels, device))
         model.predictor.threshold_mode = cif_threshold
-        return cls(Pipeline(frontend.to(device), model, tokens, device), files.root, files.weights, hotwords,
-                   hotword_token_bonus)
+        decoder = _lm_decoder(lm, lm_weight, Path(files.root), tokens)
+        return cls(Pipeline(frontend.to(device), model, tokens, device, decoder), files.root, files.weights,
+                   hotwords, hotword_token_bonus)
 
     # --- streaming (ParaformerStreaming directories) -------------------------------------------------------
 
@@ -229,7 +254,7 @@ class Recognizer:
 
 def load(model_dir=None, device="cpu", dtype=torch.float32, kernels: bool | None = None, quantize: str | None = None,
          quantize_output_layer: bool = False, quantized_path=None, cif_threshold: str = "tail", hotwords=None,
-         hotword_token_bonus: float = DEFAULT_TOKEN_BONUS) -> Recognizer:
+         hotword_token_bonus: float = DEFAULT_TOKEN_BONUS, lm="auto", lm_weight: float = DEFAULT_LM_WEIGHT) -> Recognizer:
     """Load a FunASR Paraformer model directory (model.pt, config.yaml, am.mvn, tokens.json|tokens.txt); None:
     the small model shipped with paraformer_ext (default_model.py; it knows only espeak-ng synthetic Mandarin).
 
@@ -245,7 +270,12 @@ def load(model_dir=None, device="cpu", dtype=torch.float32, kernels: bool | None
     hotwords: {word: weight 1-100 or None}, a list of words, a HotwordList or a pathlib.Path to a FunASR hotword
     file (`word weight` per line), used by every transcribe call (hotwords.py: weights, tokenization);
     hotword_token_bonus: β, the bonus per matched token in log-posterior units (FunASR's 2.0 by default).
+    lm: a token n-gram language model that the decoder's posteriors are searched with (lm_decode.py): "auto"
+    (the default) uses the model directory's lm.arpa.gz when it has one (the shipped model does; FunASR
+    directories do not, so their results stay FunASR's), None / "none" decodes greedily, or a path to an ARPA
+    file / an NgramLM over the model's tokens (`paraformer-ext train-lm` makes one); lm_weight: its weight λ.
     """
     return Recognizer.load(model_dir, device=device, dtype=dtype, kernels=kernels, quantize=quantize,
                            quantize_output_layer=quantize_output_layer, quantized_path=quantized_path,
-                           cif_threshold=cif_threshold, hotwords=hotwords, hotword_token_bonus=hotword_token_bonus)
+                           cif_threshold=cif_threshold, hotwords=hotwords, hotword_token_bonus=hotword_token_bonus,
+                           lm=lm, lm_weight=lm_weight)

@@ -3,9 +3,11 @@
     .venv/bin/python scripts/ship_model.py TRAINED_DIR CORPUS_DIR [--timestamp-utts 40]
 
 Writes paraformer_ext/models/zh-synthetic/ (model.pt in float16, config.yaml,
-am.mvn, tokens.json, example.wav + examples.jsonl, MODEL_CARD.md, SHA256SUMS) and
+am.mvn, tokens.json, lm.arpa.gz, example.wav + examples.jsonl, MODEL_CARD.md, SHA256SUMS) and
 benchmarks/results/default_model.json (test CER by voice / speed / noise, homophone error rate, timestamp
-error, measured on the float16 weights as shipped; the float32 CER beside it). The held-out examples are the first test utterances in key order; example.wav is the first of them the
+error, measured as shipped: float16 weights with the language model that load() uses by default; beside it the
+CER of the acoustic model alone and of the float32 weights). The language model is TRAINED_DIR/lm.arpa.gz
+(`paraformer-ext train-lm`, made by train_default_model.sh from the corpus's training text) or --lm. The held-out examples are the first test utterances in key order; example.wav is the first of them the
 model transcribes exactly (the card says how many of the first ones it gets right).
 """
 from __future__ import annotations
@@ -30,7 +32,7 @@ from paraformer_ext.bundled import write_sums  # noqa: E402
 from paraformer_ext.data.corpus import PITCH_RANGES, SPEED_RANGE, installed_variants  # noqa: E402
 from paraformer_ext.data.evaluate import evaluate, read_rows, timestamp_error  # noqa: E402
 from paraformer_ext.default_model import DEFAULT_DIR  # noqa: E402
-from paraformer_ext.recognizer import load  # noqa: E402
+from paraformer_ext.recognizer import LM_FILE, load  # noqa: E402
 
 N_EXAMPLES = 5
 
@@ -41,6 +43,7 @@ def main() -> int:
     ap.add_argument("corpus", help="the make-corpus directory it was trained on")
     ap.add_argument("--timestamp-utts", type=int, default=40, help="test sentences re-synthesized syllable by syllable")
     ap.add_argument("--out", default=str(DEFAULT_DIR))
+    ap.add_argument("--lm", type=Path, default=None, help="the ARPA language model to ship (default: TRAINED/lm.arpa.gz)")
     ap.add_argument("--report-only", type=Path, metavar="JSON",
                     help="evaluate only (test CER by voice / speed / noise, timestamps) into JSON; ship nothing")
     a = ap.parse_args()
@@ -59,25 +62,33 @@ def main() -> int:
         torch.save(sd, out / "model.pt")
         for name in ("config.yaml", "am.mvn", "tokens.json"):
             shutil.copyfile(trained / name, out / name)
+        lm_src = a.lm or trained / LM_FILE
+        if not lm_src.is_file():
+            raise SystemExit(f"no language model at {lm_src}: make one with `paraformer-ext train-lm {lm_src} "
+                             f"{corpus}/train.jsonl --tokens {trained}/tokens.json` or pass --lm")
+        shutil.copyfile(lm_src, out / LM_FILE)
 
     def test_cer(asr):
         t0 = time.perf_counter()
         m = evaluate(asr, corpus, "test")
         return m, time.perf_counter() - t0
 
-    test32, test_s = test_cer(load(trained))
+    lm_arg = (a.lm or "auto") if a.report_only else out / LM_FILE  # the float32 weights with the shipped LM
+    test32, test_s = test_cer(load(trained, lm=lm_arg))
     print(f"float32 test CER {test32['cer']:.2%} ({test32['utterances']} utterances), homophone error rate "
           f"{test32['homophone_error_rate']:.2%}", flush=True)
-    asr = load(trained if a.report_only else out)
+    asr = load(trained if a.report_only else out, lm=lm_arg)
     test = test32 if a.report_only else test_cer(asr)[0]
-    if not a.report_only:
-        print(f"float16 (shipped) test CER {test['cer']:.2%}", flush=True)
+    no_lm = test_cer(load(trained if a.report_only else out, lm=None))[0]
+    print(f"{'' if a.report_only else 'float16 (shipped) '}test CER {test['cer']:.2%}"
+          f"{'' if asr.lm is None else f' with its LM ({asr.lm})'}; the acoustic model alone {no_lm['cer']:.2%}",
+          flush=True)
     rows = read_rows(corpus / "test.jsonl")
     ts = timestamp_error(asr, rows[: a.timestamp_utts], installed_variants(), seed=0)
     print(f"timestamps: {ts}", flush=True)
     training = yaml.safe_load((trained / "training.yaml").read_text(encoding="utf-8")) if (trained / "training.yaml").is_file() else {}
     if a.report_only:
-        report = {"model": str(trained), "corpus": str(corpus), "test": test, "timestamps": ts,
+        report = {"model": str(trained), "corpus": str(corpus), "test": test, "test_without_lm": no_lm, "timestamps": ts,
                   "test_seconds_cpu": round(test_s, 1), "training": training,
                   "command": f"scripts/ship_model.py {a.trained} {a.corpus} --report-only {a.report_only}"}
         a.report_only.write_text(json.dumps(report, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
@@ -135,8 +146,11 @@ spoken by espeak-ng's `cmn-latn-pinyin` voice (the espeak-ng program, GPL-3.0, i
 sox reverb / band limits and white/pink/brown noise at 10–40 dB SNR.
 
 ## Held-out results (this model, CPU, `scripts/ship_model.py`)
-- Test CER: **{test['cer']:.2%}** (the float32 weights before rounding: {test32['cer']:.2%}; {test['chars']} characters; substitutions {test['sub']}, deletions
-  {test['del']}, insertions {test['ins']}); sentences exactly right: {test['sentence_accuracy']:.1%}.
+- Test CER: **{test['cer']:.2%}** as `load()` runs it, with its language model (`{LM_FILE}`: {asr.lm.lm.order}-gram over
+  the tokens, estimated on the training text by `paraformer-ext train-lm`, weight {asr.lm.weight:g}); the float32 weights before
+  rounding: {test32['cer']:.2%}; {test['chars']} characters; substitutions {test['sub']}, deletions
+  {test['del']}, insertions {test['ins']}; sentences exactly right: {test['sentence_accuracy']:.1%}.
+- The acoustic model alone (`load(lm=None)`, greedy): **{no_lm['cer']:.2%}** (homophones {no_lm['homophone_error_rate']:.2%}).
 - Homophone error rate (substitutions by a character that sounds the same): {test['homophone_error_rate']:.2%}
   of characters ({test['homophone_share_of_substitutions']:.0%} of the substitutions). Without word context a
   model cannot do better than ≈ 25 % CER on this corpus (training.md §5).
@@ -164,7 +178,8 @@ espeak-ng output (program output is not covered by espeak-ng's GPL).
 ## Files
 `model.pt` (FunASR's Paraformer state dict in float16, cast to float32 when loaded; `decoder.embed`, which only
 training reads, is kept so that training can continue from this directory), `config.yaml`,
-`am.mvn`, `tokens.json`: a FunASR model directory. `SHA256SUMS` is checked at every load.
+`am.mvn`, `tokens.json`: a FunASR model directory; `{LM_FILE}`: the language model (ARPA, KenLM and SRILM read
+it). `SHA256SUMS` is checked at every load.
 """
     (out / "MODEL_CARD.md").write_text(card, encoding="utf-8")
     write_sums(out)
@@ -172,7 +187,9 @@ training reads, is kept so that training can continue from this directory), `con
     out.rename(final)
     out = final
     results = {"model": str(out.relative_to(ROOT)) if out.is_relative_to(ROOT) else str(out), "test": test,
-               "test_float32": test32,
+               "test_float32": test32, "test_without_lm": no_lm,
+               "lm": {"file": LM_FILE, "order": asr.lm.lm.order, "ngrams": len(asr.lm.lm), "weight": asr.lm.weight,
+                      "beam": asr.lm.beam, "topk": asr.lm.topk},
                "timestamps": ts, "examples_exact": sum(got), "examples": N_EXAMPLES,
                "test_seconds_cpu": round(test_s, 1), "parameters": n_params, "training": training,
                "machine": {"cpus": torch.get_num_threads(), "platform": platform.platform()},

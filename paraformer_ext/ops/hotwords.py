@@ -116,6 +116,50 @@ def _check_args_ref(logp, child_offsets, edges, nodes, node_scores, beam, topk, 
     return N, V, off, ed, nd, sc
 
 
+
+class GraphWalker:
+    """The graph's transitions in plain Python, for the reference search here and lm_decode's search:
+    off, ed, nd, sc are child_offsets, edges, nodes and node_scores as lists (validated by the caller)."""
+
+    def __init__(self, off, ed, nd, sc):
+        self.off, self.ed, self.nd, self.sc = off, ed, nd, sc
+        self.first = [ed[e][0] for e in range(off[0], off[1])]  # the tokens that start a hotword
+        self.children = [{ed[e][0]: ed[e][1] for e in range(off[s], off[s + 1])} for s in range(len(nd))]
+
+    def child(self, s: int, v: int) -> int:
+        return self.children[s].get(v, -1)
+
+    def step(self, s: int, v: int) -> int:
+        """δ(s, v): the deepest node whose spelling ends the text so far followed by v."""
+        while True:
+            c = self.child(s, v)
+            if c >= 0:
+                return c
+            if s == 0:
+                return 0
+            s = self.nd[s][0]
+
+    def continuations(self, s: int, row, mx: float, margin: float) -> list[int]:
+        """The tokens that continue state s's open match (its edges and its fail chain's, root excluded)
+        within `margin` of the row's maximum mx (compared as the C++ op does)."""
+        out = []
+        while s != 0:
+            out += [self.ed[e][0] for e in range(self.off[s], self.off[s + 1]) if row[self.ed[e][0]] - mx >= -margin]
+            s = self.nd[s][0]
+        return out
+
+    def fired(self, ids) -> list[list[int]]:
+        """[word, start, end) of every hotword occurrence in ids, by end position, longest first."""
+        out, s = [], 0
+        for t, v in enumerate(ids):
+            s = self.step(s, v)
+            u = s if self.nd[s][2] >= 0 else self.nd[s][3]
+            while u >= 0:
+                out.append([self.nd[u][2], t + 1 - self.nd[u][1], t + 1])
+                u = self.nd[u][3]
+        return out
+
+
 def hotword_decode_ref(
     logp: torch.Tensor,
     child_offsets: torch.Tensor,
@@ -135,23 +179,7 @@ def hotword_decode_ref(
     if N == 0:
         return torch.empty(0, dtype=torch.int64), torch.empty(0, 3, dtype=torch.int64)
     rows = logp.tolist()
-
-    def child(s, v):
-        for e in range(off[s], off[s + 1]):
-            if ed[e][0] == v:
-                return ed[e][1]
-        return -1
-
-    def step(s, v):
-        while True:
-            c = child(s, v)
-            if c >= 0:
-                return c
-            if s == 0:
-                return 0
-            s = nd[s][0]
-
-    first = [ed[e][0] for e in range(off[0], off[1])]
+    walk = GraphWalker(off, ed, nd, sc)
     K = min(topk, V)
     prev = [(0.0, 0)]  # (score, state), in lexicographic order of their token sequences
     back = []  # per position: the survivors' (parent, token)
@@ -165,17 +193,12 @@ def hotword_decode_ref(
         if not math.isfinite(mx):
             raise ValueError(f"hotword_decode: row {t} of logp is all -inf; log-posteriors need a finite maximum")
         forced = t == N - 1 and eos_id >= 0 and top[0] == eos_id
-        shared = [eos_id] if forced else top + [v for v in first if row[v] - mx >= -margin]
+        shared = [eos_id] if forced else top + [v for v in walk.first if row[v] - mx >= -margin]
         best: dict[int, tuple] = {}  # state -> (score, parent, token)
         for i, (score, s) in enumerate(prev):
-            toks = list(shared)
-            if not forced:
-                u = s
-                while u != 0:
-                    toks += [ed[e][0] for e in range(off[u], off[u + 1]) if row[ed[e][0]] - mx >= -margin]
-                    u = nd[u][0]
+            toks = shared if forced else shared + walk.continuations(s, row, mx, margin)
             for v in toks:
-                n = step(s, v)
+                n = walk.step(s, v)
                 c = (score + (row[v] - mx) + sc[n][1], i, v)
                 if n not in best or (-c[0], c[1], c[2]) < (-best[n][0], best[n][1], best[n][2]):
                     best[n] = c
@@ -190,14 +213,7 @@ def hotword_decode_ref(
     ids = [0] * N
     for t in range(N - 1, -1, -1):
         j, ids[t] = back[t][j]
-    fired = []
-    s = 0
-    for t, v in enumerate(ids):
-        s = step(s, v)
-        u = s if nd[s][2] >= 0 else nd[s][3]
-        while u >= 0:
-            fired.append([nd[u][2], t + 1 - nd[u][1], t + 1])
-            u = nd[u][3]
+    fired = walk.fired(ids)
     return torch.tensor(ids, dtype=torch.int64), torch.tensor(fired, dtype=torch.int64).reshape(-1, 3)
 
 
