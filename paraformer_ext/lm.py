@@ -79,8 +79,9 @@ class NgramLM:
                  discount: float = 0.75, min_count: Sequence[int] | None = None, progress=None) -> "NgramLM":
         """sentences: token sequences (no <s> / </s>); vocab: every unit the model may predict (a model's
         tokens; default: the units seen), always with </s> and <unk>; discount in (0, 1); min_count: per order,
-        n-grams seen fewer times are dropped (default 1 for unigrams and bigrams, 2 above: a third of the size
-        at the same accuracy on the synthetic corpus). progress: optional callable(str)."""
+        n-grams seen fewer times are dropped (default 1 for unigrams and bigrams, 2 above: on the synthetic
+        corpus a 4-gram's file went from 21.6 to 3.9 MB at the same validation CER). progress: optional
+        callable(str)."""
         if not isinstance(order, int) or isinstance(order, bool) or order < 1:
             raise LMError(f"order must be an integer >= 1, got {order!r}")
         if not 0.0 < discount < 1.0:
