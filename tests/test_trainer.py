@@ -422,3 +422,19 @@ def test_training_from_an_inference_only_export_says_how_decoder_embed_was_fille
     torch.save({k: v for k, v in sd.items() if not k.startswith("decoder.embed.")}, export / "model.pt")
     with pytest.warns(UserWarning, match=r"no decoder\.embed\.0\.weight .*copy of decoder\.output_layer\.weight"):
         Trainer(config(d, export, tmp_path / "out"))
+
+
+def test_validation_decodes_greedily_even_when_init_has_a_language_model(corpus, tmp_path):
+    """Validation CER is the trained model's own: an lm.arpa.gz in --init (the shipped model has one) is not used."""
+    import shutil
+
+    from paraformer_ext.lm import NgramLM
+    from paraformer_ext.recognizer import load
+
+    d, model = corpus
+    init = tmp_path / "init"
+    shutil.copytree(model, init)
+    NgramLM.estimate([list("一丁")] * 5, order=2, vocab=list(load(init, lm=None).tokens)).write_arpa(init / "lm.arpa.gz")
+    assert load(init).lm is not None
+    t = Trainer(config(d, init, tmp_path / "out"), log=lambda s: None)
+    assert t.pipeline.lm is None

@@ -118,7 +118,8 @@ class Trainer:
         torch.manual_seed(seed)
         self.files = resolve_model_dir(cfg.init)
         device = distributed.device_for(self.world, cfg.device)
-        rec = load(cfg.init, device=device, kernels=cfg.kernels)
+        # lm=None: validation CER measures the model being trained, even when --init has a language model
+        rec = load(cfg.init, device=device, kernels=cfg.kernels, lm=None)
         self.pipeline = rec.pipeline
         self.model = rec.model.requires_grad_(True)
         if getattr(self.model, "filled_training_embed", None):
