@@ -52,13 +52,13 @@ def posteriors(asr, set_dir: Path, rows: list[dict], batch: int = 16) -> list[to
 
 
 def texts(asr, logps: list[torch.Tensor], graphs) -> list[str]:
-    """Search each sentence's posteriors with its graph (None: no hotwords) as the pipeline does: with the
-    recognizer's LM when it has one, else the hotword search, or greedy argmax."""
+    """Search each sentence's posteriors with its graph (None: no hotwords) as the pipeline does
+    (Pipeline.search: with the recognizer's LM when it has one, else the hotword search, or argmax)."""
     from paraformer_ext.text import postprocess
 
     out = []
     for lp, g in zip(logps, graphs):
-        ids = asr.lm.decode(lp, g)[0] if asr.lm is not None else lp.argmax(-1) if g is None else g.decode(lp)[0]
+        ids = asr.pipeline.search(lp, g)[0]
         out.append(postprocess(ids.tolist(), asr.tokens)["text"])
     return out
 

@@ -27,7 +27,6 @@ def main() -> int:
     from paraformer_ext.lm_decode import LMDecoder
     from paraformer_ext.recognizer import load
     from paraformer_ext.text import postprocess
-    from paraformer_ext.training.data import tokenize
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", type=Path, required=True, help="the make-corpus directory the model was trained on")
@@ -43,7 +42,7 @@ def main() -> int:
     logps = posteriors(asr, a.corpus, rows)
     print(f"{len(rows)} {a.split} sentences, model run {time.perf_counter() - t0:.1f} s", flush=True)
     tokens = asr.tokens
-    train = [[tokens[i] for i in tokenize(r["target"], tokens)] for r in read_rows(a.corpus / "train.jsonl")]
+    train = list(NgramLM.token_sentences((r["target"] for r in read_rows(a.corpus / "train.jsonl")), tokens))
 
     def cer(decode) -> dict:
         return score(rows, [postprocess(decode(lp).tolist(), tokens)["text"] for lp in logps])

@@ -171,21 +171,18 @@ def cmd_make_corpus(a) -> int:
 def cmd_train_lm(a) -> int:
     from .lm import LMError, NgramLM
     from .text import TokenList
-    from .training.data import tokenize
 
-    def sentences():
+    def texts():
         for path in a.text:
             with open(path, encoding="utf-8") as f:
                 for line in f:
                     line = line.strip()
-                    if not line:
-                        continue
-                    text = json.loads(line).get("target", "") if path.endswith(".jsonl") else line
-                    yield [tokens[i] for i in tokenize(text, tokens)]
+                    if line:
+                        yield json.loads(line).get("target", "") if path.endswith(".jsonl") else line
 
     try:
         tokens = TokenList.load(a.tokens)
-        lm = NgramLM.estimate(sentences(), order=a.order, vocab=list(tokens),
+        lm = NgramLM.estimate(NgramLM.token_sentences(texts(), tokens), order=a.order, vocab=list(tokens),
                               min_count=[int(x) for x in a.min_count.split(",")] if a.min_count else None,
                               progress=None if a.quiet else (lambda m: print(m, file=sys.stderr)))
         out = lm.write_arpa(a.out)

@@ -58,7 +58,7 @@ class NgramLM:
         with <s> at a sentence start. A unit outside `vocab` is scored as <unk>."""
         if unit not in self.vocab:
             unit = UNK
-        h = tuple(history[len(history) - (self.order - 1):]) if self.order > 1 else ()
+        h = self.state(history)
         acc = 0.0
         for k in range(len(h), -1, -1):
             hk = h[len(h) - k:]
@@ -128,17 +128,28 @@ class NgramLM:
                     lower += pl
                 # What the kept n-grams leave, spread over the rest in the shorter history's proportions.
                 backoff[h] = math.log(max(1.0 - mass, 1e-12) / max(1.0 - lower, 1e-12))
-                cls._ensure_prefix(h, logprob, backoff, lm)
+                cls._ensure_prefix(h, logprob, lm)
         return lm
 
     @staticmethod
-    def _ensure_prefix(h: tuple, logprob: dict, backoff: dict, lm: "NgramLM") -> None:
+    def _ensure_prefix(h: tuple, logprob: dict, lm: "NgramLM") -> None:
         """ARPA keeps a history's backoff on the n-gram that spells it: give a pruned one its backoff-form
         probability (the value a query would compute anyway), so the file stays well formed."""
         for j in range(1, len(h) + 1):
             g = h[:j]
             if g not in logprob:
                 logprob[g] = lm.logp(g[:-1], g[-1])
+
+    # ---------------------------------------------------------------- text
+
+    @staticmethod
+    def token_sentences(texts: Iterable[str], tokens) -> Iterable[list[str]]:
+        """Texts → token-string sequences for `estimate`, tokenized as the model's training data is
+        (training/data.tokenize: one token per CJK character, Latin words as the vocabulary's pieces)."""
+        from .training.data import tokenize  # lazily: training imports the recognizer's modules
+
+        for text in texts:
+            yield [tokens[i] for i in tokenize(text, tokens)]
 
     # ---------------------------------------------------------------- ARPA
 

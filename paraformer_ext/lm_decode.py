@@ -99,9 +99,7 @@ class LMDecoder:
         top_i = top_i.tolist()
         rows = logp.tolist()
         lam, units = self.weight, self.units
-        order = self.lm.order
-        start = ("<s>",)[-(order - 1):] if order > 1 else ()
-        prev = [(0.0, 0, start, ())]  # (score, hotword state, LM state, withheld LM terms of the open match)
+        prev = [(0.0, 0, self.lm.state(("<s>",)), ())]  # (score, hotword state, LM state, withheld LM terms of the open match)
         back = []
         for t in range(N):
             mx = float(top_v[t, 0])
@@ -133,7 +131,7 @@ class LMDecoder:
                     else:
                         u = units[v]
                         lmc = lam * self._logp(hist, u) if lam else 0.0
-                        h2 = (hist + (u,))[-(order - 1):] if order > 1 else ()
+                        h2 = self.lm.state(hist + (u,))
                     if walk is None:
                         c, n2, p2 = score + am + lmc, 0, ()
                     else:

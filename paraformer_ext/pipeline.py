@@ -105,6 +105,15 @@ class Pipeline:
                 out[b] = r
         return out
 
+    def search(self, logp: torch.Tensor, graph: HotwordGraph | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One item's log-posteriors (N, V) → (ids (N,), fired (F, 3)) as decode chooses them: with the LM when
+        there is one (hotwords included), else the hotword search, else argmax."""
+        if self.lm is not None:
+            return self.lm.decode(logp, graph)
+        if graph is not None and len(graph) > 0:
+            return graph.decode(logp, kernels=self.kernels)
+        return logp.argmax(-1), torch.empty(0, 3, dtype=torch.int64)
+
     def _decode(self, features, lengths, timestamps, timer, graphs) -> list[Result]:
         """One model run; `graphs`: per item. The posteriors are kept only when an item searches them."""
         search = self.lm is not None or any(g is not None and len(g) > 0 for g in graphs)
@@ -118,15 +127,10 @@ class Pipeline:
         for b in range(ids.size(0)):
             n, t, g = int(token_num[b]), int(enc_lens[b]), graphs[b]
             item_ids, found = ids[b, :n], None
-            if self.lm is not None:
-                item_ids, fired = self.lm.decode(logp[b, :n], g)
-                if g is not None:
-                    found = [(g.words[k], s, e) for k, s, e in fired.tolist()]
-            elif g is not None and len(g) > 0:
-                item_ids, fired = g.decode(logp[b, :n], kernels=self.kernels)
-                found = [(g.words[k], s, e) for k, s, e in fired.tolist()]
-            elif g is not None:
-                found = []
+            if self.lm is not None or (g is not None and len(g) > 0):
+                item_ids, fired = self.search(logp[b, :n], g)
+            if g is not None:
+                found = [(g.words[k], s, e) for k, s, e in fired.tolist()] if len(g) > 0 else []
             results.append(postprocess(item_ids.tolist(), self.tokens,
                                        None if fires is None else fires[b, : t + 1],
                                        None if alphas is None else alphas[b, : t + 1], timestamps=timestamps,
